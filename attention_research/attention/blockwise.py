@@ -1,0 +1,191 @@
+"""Blockwise (flash) attention: exact softmax attention in O(L) memory.
+
+Queries are processed in blocks of `block_q`; for each, the keys stream past
+in blocks of `block_k` while an online softmax keeps a running row max, row
+sum and output (Rabe and Staats 2021, "Self-attention does not need O(n^2)
+memory"; Dao et al. 2022, FlashAttention). The backward pass is a custom VJP
+that saves only the output and the per-row log-sum-exp and recomputes each
+block's probabilities, so neither pass ever holds an Lq x Lk matrix. With
+`causal=True` the key blocks above the diagonal are never visited.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from attention_research.attention import common
+
+
+def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=512, block_k=512):
+  """Exact softmax attention computed block by block.
+
+  Args:
+    query: [B, Lq, H, D].
+    key, value: [B, Lk, Hkv, D], H % Hkv == 0.
+    causal: query i sees key j only if j <= i (top-left aligned).
+    kv_mask: bool [B, Lk], True where the key is a real token.
+    block_q, block_k: block sizes (clipped to the lengths). 512 x 512 keeps a
+      block's logits (8 heads, float32) at 8 MiB, inside a CPU's L2/L3.
+
+  Returns:
+    [B, Lq, H, D] in query's dtype; rows with no allowed key are zero.
+  """
+  return attention_with_lse(query, key, value, causal=causal, kv_mask=kv_mask,
+                            block_q=block_q, block_k=block_k, variant="blockwise")[0]
+
+
+def attention_with_lse(query, key, value, *, causal=False, kv_mask=None, block_q=512,
+                       block_k=512, variant="blockwise"):
+  """`blockwise`, also returning the log-sum-exp of each row's logits.
+
+  Returns (out [B, Lq, H, D], lse [B, Lq, H] float32, -inf for a row with no
+  key); both are differentiable, so callers can merge this attention with
+  attention over other keys (the strided variant does).
+  """
+  s = common.check_inputs(variant, query, key, value, kv_mask)
+  bq = min(common.positive_int(variant, "block_q", block_q), s.q_len)
+  bk = min(common.positive_int(variant, "block_k", block_k), s.k_len)
+  lq_pad, lk_pad = common.round_up(s.q_len, bq), common.round_up(s.k_len, bk)
+
+  # [B, Hkv, G, L, D]: one key/value head serves G query heads in one matmul.
+  q = query * jnp.asarray(common.default_scale(s.head_dim), query.dtype)
+  q = q.reshape(s.batch, s.q_len, s.kv_heads, s.groups, s.head_dim).transpose(0, 2, 3, 1, 4)
+  q = common.pad_axis(q, 3, lq_pad)
+  k = common.pad_axis(key.transpose(0, 2, 1, 3), 2, lk_pad)
+  v = common.pad_axis(value.transpose(0, 2, 1, 3), 2, lk_pad)
+  if kv_mask is None and lk_pad == s.k_len:
+    k_valid = None  # every key is real: skip the mask work entirely
+  else:
+    k_valid = jnp.ones((s.batch, s.k_len), bool) if kv_mask is None else kv_mask
+    k_valid = common.pad_axis(k_valid, 1, lk_pad, value=False)
+
+  out, lse = _flash(q, k, v, k_valid, causal, bq, bk)
+  out = out[:, :, :, :s.q_len].transpose(0, 3, 1, 2, 4)
+  out = out.reshape(s.batch, s.q_len, s.heads, s.head_dim).astype(query.dtype)
+  lse = lse[:, :, :, :s.q_len].transpose(0, 3, 1, 2).reshape(s.batch, s.q_len, s.heads)
+  return out, jnp.where(jnp.isfinite(lse), lse, -jnp.inf)
+
+
+def _block_mask(k_valid, causal, qi, kj, bq, bk):
+  """bool mask broadcastable to [B, Hkv, G, bq, bk], or None if all allowed."""
+  mask = None
+  if k_valid is not None:
+    mask = jax.lax.dynamic_slice_in_dim(k_valid, kj * bk, bk, axis=1)[:, None, None, None, :]
+  if causal:
+    q_pos = qi * bq + jnp.arange(bq)
+    k_pos = kj * bk + jnp.arange(bk)
+    tri = q_pos[:, None] >= k_pos[None, :]
+    mask = tri if mask is None else mask & tri
+  return mask
+
+
+def _num_key_blocks(qi, causal, bq, bk, nk):
+  """Key blocks query block qi needs: all, or those up to the diagonal."""
+  if not causal:
+    return nk
+  return jnp.minimum(nk, ((qi + 1) * bq + bk - 1) // bk)
+
+
+def _forward(q, k, v, k_valid, causal, bq, bk):
+  """Returns out [B, Hkv, G, Lq, D] (float32) and lse [B, Hkv, G, Lq]."""
+  b, hkv, g, lq, d = q.shape
+  nk = k.shape[2] // bk
+
+  def query_block(qi):
+    q_blk = jax.lax.dynamic_slice_in_dim(q, qi * bq, bq, axis=3)
+
+    def key_block(kj, carry):
+      m, l, acc = carry
+      k_blk = jax.lax.dynamic_slice_in_dim(k, kj * bk, bk, axis=2)
+      v_blk = jax.lax.dynamic_slice_in_dim(v, kj * bk, bk, axis=2)
+      logits = jnp.einsum("bhgqd,bhkd->bhgqk", q_blk, k_blk, preferred_element_type=jnp.float32)
+      mask = _block_mask(k_valid, causal, qi, kj, bq, bk)
+      if mask is not None:
+        logits = jnp.where(mask, logits, -jnp.inf)
+      m_new = jnp.maximum(m, logits.max(-1))
+      safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+      p = jnp.exp(logits - safe[..., None])
+      corr = jnp.exp(m - safe)
+      l = l * corr + p.sum(-1)
+      pv = jnp.einsum("bhgqk,bhkd->bhgqd", p.astype(v.dtype), v_blk,
+                      preferred_element_type=jnp.float32)
+      return m_new, l, acc * corr[..., None] + pv
+
+    init = (jnp.full((b, hkv, g, bq), -jnp.inf), jnp.zeros((b, hkv, g, bq)),
+            jnp.zeros((b, hkv, g, bq, d)))
+    m, l, acc = jax.lax.fori_loop(0, _num_key_blocks(qi, causal, bq, bk, nk), key_block, init)
+    has_key = l > 0
+    out = jnp.where(has_key[..., None], acc / jnp.where(has_key, l, 1.0)[..., None], 0.0)
+    # +inf for an empty row makes exp(logit - lse) = 0 in the backward pass.
+    lse = jnp.where(has_key, m + jnp.log(jnp.where(has_key, l, 1.0)), jnp.inf)
+    return out, lse
+
+  out, lse = jax.lax.map(query_block, jnp.arange(lq // bq))  # [nq, B, Hkv, G, bq, ...]
+  out = jnp.moveaxis(out, 0, 3).reshape(b, hkv, g, lq, d)
+  lse = jnp.moveaxis(lse, 0, 3).reshape(b, hkv, g, lq)
+  return out, lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _flash(q, k, v, k_valid, causal, bq, bk):
+  out, lse = _forward(q, k, v, k_valid, causal, bq, bk)
+  return out.astype(q.dtype), lse
+
+
+def _flash_fwd(q, k, v, k_valid, causal, bq, bk):
+  out, lse = _forward(q, k, v, k_valid, causal, bq, bk)
+  out = out.astype(q.dtype)
+  return (out, lse), (q, k, v, k_valid, out, lse)
+
+
+def _flash_bwd(causal, bq, bk, residuals, cotangents):
+  q, k, v, k_valid, out, lse = residuals
+  d_out, d_lse = cotangents
+  b, hkv, g, lq, d = q.shape
+  nq, nk = lq // bq, k.shape[2] // bk
+  # dlogits_ij = P_ij (dP_ij - delta_i + dlse_i), where delta_i = sum_d dO_i O_i
+  # = sum_j P_ij dP_ij is the softmax backward's row term and dlse_i P_ij is
+  # the lse output's own gradient (dlse/dlogits = P).
+  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+  delta = delta - jnp.where(jnp.isfinite(lse), d_lse, 0.0)
+
+  def key_block(kj, carry):
+    dq, dk, dv = carry
+    k_blk = jax.lax.dynamic_slice_in_dim(k, kj * bk, bk, axis=2)
+    v_blk = jax.lax.dynamic_slice_in_dim(v, kj * bk, bk, axis=2)
+
+    def query_block(qi, inner):
+      dq, dk_blk, dv_blk = inner
+      q_blk = jax.lax.dynamic_slice_in_dim(q, qi * bq, bq, axis=3)
+      do_blk = jax.lax.dynamic_slice_in_dim(d_out, qi * bq, bq, axis=3)
+      lse_blk = jax.lax.dynamic_slice_in_dim(lse, qi * bq, bq, axis=3)
+      delta_blk = jax.lax.dynamic_slice_in_dim(delta, qi * bq, bq, axis=3)
+      logits = jnp.einsum("bhgqd,bhkd->bhgqk", q_blk, k_blk, preferred_element_type=jnp.float32)
+      mask = _block_mask(k_valid, causal, qi, kj, bq, bk)
+      if mask is not None:
+        logits = jnp.where(mask, logits, -jnp.inf)
+      p = jnp.exp(logits - lse_blk[..., None])
+      dv_blk += jnp.einsum("bhgqk,bhgqd->bhkd", p.astype(d_out.dtype), do_blk,
+                           preferred_element_type=jnp.float32)
+      dp = jnp.einsum("bhgqd,bhkd->bhgqk", do_blk, v_blk, preferred_element_type=jnp.float32)
+      ds = (p * (dp - delta_blk[..., None])).astype(q.dtype)
+      dk_blk += jnp.einsum("bhgqk,bhgqd->bhkd", ds, q_blk, preferred_element_type=jnp.float32)
+      dq_blk = jax.lax.dynamic_slice_in_dim(dq, qi * bq, bq, axis=3)
+      dq_blk += jnp.einsum("bhgqk,bhkd->bhgqd", ds, k_blk, preferred_element_type=jnp.float32)
+      return jax.lax.dynamic_update_slice_in_dim(dq, dq_blk, qi * bq, axis=3), dk_blk, dv_blk
+
+    first_q = (kj * bk) // bq if causal else 0  # earlier query blocks never see this key block
+    zeros = jnp.zeros((b, hkv, bk, d), jnp.float32)
+    dq, dk_blk, dv_blk = jax.lax.fori_loop(first_q, nq, query_block, (dq, zeros, zeros))
+    dk = jax.lax.dynamic_update_slice_in_dim(dk, dk_blk, kj * bk, axis=2)
+    dv = jax.lax.dynamic_update_slice_in_dim(dv, dv_blk, kj * bk, axis=2)
+    return dq, dk, dv
+
+  init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32),
+          jnp.zeros(v.shape, jnp.float32))
+  dq, dk, dv = jax.lax.fori_loop(0, nk, key_block, init)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)

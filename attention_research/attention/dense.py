@@ -1,0 +1,51 @@
+"""Dense softmax attention (Vaswani et al. 2017): the reference every exact
+variant is measured against. O(Lq * Lk) time and memory.
+"""
+
+import jax.numpy as jnp
+
+from attention_research.attention import common
+
+
+def dense(query, key, value, *, causal=False, kv_mask=None, mask=None):
+  """softmax(q k^T / sqrt(D)) v with float32 logits and accumulation.
+
+  Args:
+    query: [B, Lq, H, D].
+    key, value: [B, Lk, Hkv, D], H % Hkv == 0.
+    causal: query i sees key j only if j <= i (top-left aligned, as in
+      `jax.nn.dot_product_attention`).
+    kv_mask: bool [B, Lk], True where the key is a real token.
+    mask: bool, broadcastable to [B, H, Lq, Lk]; True where attention is
+      allowed. Combined with `causal` and `kv_mask` by AND.
+
+  Returns:
+    [B, Lq, H, D] in query's dtype; rows with no allowed key are zero.
+  """
+  s = common.check_inputs("dense", query, key, value, kv_mask)
+  allowed = jnp.ones((1, 1, 1, 1), bool)  # [B, H, Lq, Lk] after broadcasting
+  if mask is not None:
+    mask = jnp.asarray(mask)
+    full = (s.batch, s.heads, s.q_len, s.k_len)
+    if mask.ndim > 4 or any(m not in (1, f) for m, f in zip(mask.shape[::-1], full[::-1])):
+      raise ValueError(
+          f"dense: `mask` of shape {jnp.shape(mask)} does not broadcast to "
+          f"[batch, heads, q_len, k_len] = {full}")
+    if mask.dtype != jnp.bool_:
+      raise ValueError(f"dense: `mask` must be bool (True = attend), got {mask.dtype}")
+    allowed = allowed & mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+  if causal:
+    allowed = allowed & jnp.tril(jnp.ones((s.q_len, s.k_len), bool))
+  if kv_mask is not None:
+    allowed = allowed & kv_mask[:, None, None, :]
+  allowed = jnp.broadcast_to(allowed, (allowed.shape[0], s.heads) + allowed.shape[2:])
+  allowed = allowed.reshape(allowed.shape[0], s.kv_heads, s.groups, *allowed.shape[2:])
+
+  q = query.reshape(s.batch, s.q_len, s.kv_heads, s.groups, s.head_dim)
+  logits = jnp.einsum("bqhgd,bkhd->bhgqk", q, key, preferred_element_type=jnp.float32)
+  logits = logits * common.default_scale(s.head_dim)
+  m, p = common.masked_softmax_terms(logits, allowed)
+  acc = jnp.einsum("bhgqk,bkhd->bhgqd", p.astype(value.dtype), value,
+                   preferred_element_type=jnp.float32)
+  out = common.finalize(common.Partials(m, p.sum(-1), acc), query.dtype)
+  return out.transpose(0, 3, 1, 2, 4).reshape(s.batch, s.q_len, s.heads, s.head_dim)

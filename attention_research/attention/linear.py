@@ -1,0 +1,142 @@
+"""Linear-cost attention: kernel feature maps instead of the softmax.
+
+Both variants here are APPROXIMATE with respect to softmax attention: they
+compute out_i = sum_j phi(q_i).phi(k_j) v_j / sum_j phi(q_i).phi(k_j), which
+never forms the Lq x Lk matrix.
+
+- `linear`: phi = elu + 1 (or relu), Katharopoulos et al. 2020, "Transformers
+  are RNNs". No 1/sqrt(D) scaling, as in the paper.
+- `performer`: FAVOR+ positive orthogonal random features, Choromanski et al.
+  2020, "Rethinking Attention with Performers": an unbiased estimate of
+  exp(q.k / sqrt(D)), so it approaches softmax attention as features grow.
+
+Causal attention uses chunked prefix sums: within a chunk the (small) masked
+quadratic form, across chunks an exclusive cumulative sum of per-chunk
+[D, D] states, so memory is O(L / chunk x D^2), never [L, D, D].
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attention_research.attention import common
+
+
+def _weighted_sum(phi_q, phi_k, value, s, causal, chunk):
+  """sum_j phi_q_i.phi_k_j v_j / sum_j phi_q_i.phi_k_j, float32 [B, Lq, Hkv, G, D].
+
+  phi_q: [B, Lq, Hkv, G, F]; phi_k: [B, Lk, Hkv, F], zero for masked keys.
+  """
+  v = value.astype(jnp.float32)
+  if not causal:
+    state = jnp.einsum("bkhf,bkhd->bhfd", phi_k, v)
+    num = jnp.einsum("bqhgf,bhfd->bqhgd", phi_q, state)
+    den = jnp.einsum("bqhgf,bhf->bqhg", phi_q, phi_k.sum(1))
+  else:
+    # Causal is top-left aligned (key j <= query i), so pad both sides to a
+    # common length; padded keys have phi_k = 0 and padded queries are dropped.
+    c = min(chunk, max(s.q_len, s.k_len))
+    length = common.round_up(max(s.q_len, s.k_len), c)
+    n = length // c
+    pq = common.pad_axis(phi_q, 1, length).reshape(s.batch, n, c, *phi_q.shape[2:])
+    pk = common.pad_axis(phi_k, 1, length).reshape(s.batch, n, c, *phi_k.shape[2:])
+    pv = common.pad_axis(v, 1, length).reshape(s.batch, n, c, *v.shape[2:])
+    scores = jnp.einsum("bnqhgf,bnkhf->bnhgqk", pq, pk) * jnp.tril(jnp.ones((c, c)))
+    states = jnp.einsum("bnkhf,bnkhd->bnhfd", pk, pv)
+    states = jnp.cumsum(states, axis=1) - states          # keys of earlier chunks only
+    sums = pk.sum(2)
+    sums = jnp.cumsum(sums, axis=1) - sums
+    num = (jnp.einsum("bnhgqk,bnkhd->bnqhgd", scores, pv)
+           + jnp.einsum("bnqhgf,bnhfd->bnqhgd", pq, states))
+    den = scores.sum(-1).transpose(0, 1, 4, 2, 3) + jnp.einsum("bnqhgf,bnhf->bnqhg", pq, sums)
+    num = num.reshape(s.batch, length, *num.shape[3:])[:, :s.q_len]
+    den = den.reshape(s.batch, length, *den.shape[3:])[:, :s.q_len]
+  # The weights are >= 0, so den = 0 only when every weight is 0 (no key):
+  # such a row is defined as zeros.
+  has_key = den > 0
+  return jnp.where(has_key[..., None], num / jnp.where(has_key, den, 1.0)[..., None], 0.0)
+
+
+def _grouped(query, s):
+  return query.reshape(s.batch, s.q_len, s.kv_heads, s.groups, s.head_dim).astype(jnp.float32)
+
+
+def _masked_keys(phi_k, kv_mask):
+  return phi_k if kv_mask is None else phi_k * kv_mask[:, :, None, None]
+
+
+def linear(query, key, value, *, causal=False, kv_mask=None, feature_map="elu", chunk_size=64):
+  """Linear attention (Katharopoulos et al. 2020). Approximate: not softmax.
+
+  Args:
+    feature_map: "elu" (elu(x) + 1, the paper's) or "relu".
+    chunk_size: chunk length of the causal prefix sums.
+  """
+  s = common.check_inputs("linear", query, key, value, kv_mask)
+  common.one_of("linear", "feature_map", feature_map, ("elu", "relu"))
+  chunk = common.positive_int("linear", "chunk_size", chunk_size)
+  phi = (lambda x: jax.nn.elu(x) + 1.0) if feature_map == "elu" else jax.nn.relu
+  phi_q = phi(_grouped(query, s))
+  phi_k = _masked_keys(phi(key.astype(jnp.float32)), kv_mask)
+  out = _weighted_sum(phi_q, phi_k, value, s, causal, chunk)
+  return out.reshape(s.batch, s.q_len, s.heads, s.head_dim).astype(query.dtype)
+
+
+def performer_projection(head_dim, num_features, feature_key=None):
+  """FAVOR+ random features W [num_features, head_dim], float32.
+
+  Rows come in blocks of head_dim that are exactly orthogonal (QR of a
+  Gaussian matrix), each row rescaled to the norm of an independent Gaussian
+  vector, so every row is marginally N(0, I) (Choromanski et al. 2020, Sec. 2.4).
+
+  Args:
+    feature_key: a jax PRNG key, or an int seed; None means seed 0, so calls
+      without one are deterministic.
+  """
+  common.positive_int("performer", "num_features", num_features)
+  if feature_key is None or isinstance(feature_key, (int, np.integer)):
+    feature_key = jax.random.key(0 if feature_key is None else int(feature_key))
+  blocks_key, norms_key = jax.random.split(feature_key)
+  num_blocks = -(-num_features // head_dim)
+  gaussian = jax.random.normal(blocks_key, (num_blocks, head_dim, head_dim))
+  q, _ = jnp.linalg.qr(gaussian)                      # columns orthonormal
+  rows = jnp.swapaxes(q, 1, 2).reshape(num_blocks * head_dim, head_dim)[:num_features]
+  norms = jnp.linalg.norm(jax.random.normal(norms_key, (num_features, head_dim)), axis=1)
+  return rows * norms[:, None]
+
+
+def performer(query, key, value, *, causal=False, kv_mask=None, num_features=256,
+              feature_key=None, chunk_size=64):
+  """Performer FAVOR+ attention (Choromanski et al. 2020). Approximate.
+
+  phi(x) = exp(W x - |x|^2 / 2) / sqrt(m) with x = q / D^(1/4) (likewise k),
+  so E[phi(q).phi(k)] = exp(q.k / sqrt(D)). A per-query and a per-(batch,
+  head) key shift keep the exponentials finite; they cancel in the ratio.
+
+  Args:
+    num_features: m, the number of random features.
+    feature_key: jax PRNG key or int seed for W (default: seed 0; pass a new
+      key per step to redraw features).
+    chunk_size: chunk length of the causal prefix sums.
+  """
+  s = common.check_inputs("performer", query, key, value, kv_mask)
+  common.positive_int("performer", "num_features", num_features)
+  chunk = common.positive_int("performer", "chunk_size", chunk_size)
+  w = performer_projection(s.head_dim, num_features, feature_key)
+  x_scale = float(s.head_dim) ** -0.25
+
+  def log_features(x):  # log of phi(x) * sqrt(m), before any shift
+    x = x * x_scale
+    return jnp.einsum("...d,fd->...f", x, w) - 0.5 * jnp.sum(x * x, -1, keepdims=True)
+
+  lq = log_features(_grouped(query, s))
+  lk = log_features(key.astype(jnp.float32))
+  lq = lq - jax.lax.stop_gradient(lq.max(-1, keepdims=True))
+  real = jnp.ones(lk.shape[:2], bool) if kv_mask is None else kv_mask
+  k_shift = jnp.max(jnp.where(real[:, :, None, None], lk, -jnp.inf), axis=(1, 3), keepdims=True)
+  k_shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(k_shift), k_shift, 0.0))
+  norm = float(num_features) ** -0.5
+  phi_q = jnp.exp(lq) * norm
+  phi_k = _masked_keys(jnp.exp(lk - k_shift) * norm, kv_mask)
+  out = _weighted_sum(phi_q, phi_k, value, s, causal, chunk)
+  return out.reshape(s.batch, s.q_len, s.heads, s.head_dim).astype(query.dtype)

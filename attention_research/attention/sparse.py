@@ -1,0 +1,193 @@
+"""Sparse attention that computes only the keys its pattern allows.
+
+- `local`: a sliding window (Beltagy et al. 2020's Longformer band).
+- `strided`: Sparse Transformer's strided pattern (Child et al. 2019).
+- `bigbird`: window + global + random blocks (Zaheer et al. 2020).
+
+Each is exact: it equals `dense(q, k, v, mask=<variant>_mask(...))` from
+`masks.py`. None of them builds an Lq x Lk matrix. Queries are cut into blocks;
+each query block gathers the few key blocks its pattern can reach (a static
+table built from the shapes), and the pattern predicate masks the tokens
+inside them, so time and memory grow with L x (keys per row).
+"""
+
+import jax.numpy as jnp
+import numpy as np
+
+from attention_research.attention import blockwise as blockwise_lib
+from attention_research.attention import common
+from attention_research.attention import dense as dense_lib
+from attention_research.attention import masks
+
+
+def _gathered_partials(query, key, value, kv_mask, s, *, block, table, allowed, first_block=0):
+  """Softmax partials of query blocks over the key blocks a table names.
+
+  Args:
+    query: [B, n * block (or fewer), H, D], the query rows of blocks
+      first_block .. first_block + n - 1.
+    key, value: [B, Lk, Hkv, D].
+    kv_mask: bool [B, Lk] or None.
+    s: the call's `common.Shapes`.
+    table: int NumPy [n, slots], key block indices per query block, -1 = none.
+    allowed: predicate(i, j) on absolute positions, broadcasting.
+
+  Returns:
+    `common.Partials` with m, l [B, rows, Hkv, G] and acc [B, rows, Hkv, G, D].
+  """
+  n, slots = table.shape
+  rows = query.shape[1]
+  nk = -(-s.k_len // block)
+  q = common.pad_axis(query, 1, n * block)
+  q = q.reshape(s.batch, n, block, s.kv_heads, s.groups, s.head_dim)
+  q = q * jnp.asarray(common.default_scale(s.head_dim), q.dtype)
+  k = common.pad_axis(key, 1, nk * block).reshape(s.batch, nk, block, s.kv_heads, s.head_dim)
+  v = common.pad_axis(value, 1, nk * block).reshape(s.batch, nk, block, s.kv_heads, s.head_dim)
+
+  idx = np.maximum(table, 0)
+  k = k[:, idx].reshape(s.batch, n, slots * block, s.kv_heads, s.head_dim)
+  v = v[:, idx].reshape(s.batch, n, slots * block, s.kv_heads, s.head_dim)
+
+  q_pos = (first_block + jnp.arange(n))[:, None, None] * block + jnp.arange(block)[None, :, None]
+  k_pos = (jnp.asarray(idx)[:, :, None] * block + jnp.arange(block)).reshape(n, 1, slots * block)
+  k_real = jnp.repeat(jnp.asarray(table >= 0), block, axis=1)[:, None, :] & (k_pos < s.k_len)
+  ok = allowed(q_pos, k_pos) & k_real                       # [n, block, K]
+  mask = ok[None, :, None, None]                            # [1, n, 1, 1, block, K]
+  if kv_mask is not None:
+    valid = common.pad_axis(kv_mask, 1, nk * block, value=False)[:, k_pos[:, 0]]  # [B, n, K]
+    mask = mask & valid[:, :, None, None, None, :]
+
+  logits = jnp.einsum("bnqhgd,bnkhd->bnhgqk", q, k, preferred_element_type=jnp.float32)
+  m, p = common.masked_softmax_terms(logits, mask)
+  acc = jnp.einsum("bnhgqk,bnkhd->bnhgqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+
+  def per_query(x):  # [B, n, Hkv, G, block, ...] -> [B, rows, Hkv, G, ...]
+    x = jnp.moveaxis(x, 4, 2)
+    return x.reshape(s.batch, n * block, *x.shape[3:])[:, :rows]
+  return common.Partials(per_query(m), per_query(p.sum(-1)), per_query(acc))
+
+
+def _band_table(num_q_blocks, num_k_blocks, reach, causal):
+  """Key blocks a - r .. a + r (a - r .. a if causal) for each query block a."""
+  offsets = np.arange(-reach, 1 if causal else reach + 1)
+  table = np.arange(num_q_blocks)[:, None] + offsets[None, :]
+  return np.where((table >= 0) & (table < num_k_blocks), table, -1).astype(np.int32)
+
+
+def _output(partials, s, dtype):
+  out = common.finalize(partials, dtype)  # [B, Lq, Hkv, G, D]
+  return out.reshape(s.batch, s.q_len, s.heads, s.head_dim)
+
+
+def _default_block(reach):
+  return min(128, common.round_up(max(reach, 1), 16))
+
+
+def local(query, key, value, *, causal=False, kv_mask=None, window=128, block_size=None):
+  """Exact sliding-window attention: query i sees key j iff |i - j| <= window
+  (causal: 0 <= i - j <= window).
+
+  Each block of `block_size` queries attends to its own key block and
+  ceil(window / block_size) blocks on each side: O(L x (window + block_size)).
+
+  Args:
+    window: keys on each side a query sees (>= 0).
+    block_size: query/key block length; default: window rounded up to a
+      multiple of 16, at most 128.
+  """
+  s = common.check_inputs("local", query, key, value, kv_mask)
+  window = common.non_negative_int("local", "window", window)
+  block = _default_block(window) if block_size is None else common.positive_int(
+      "local", "block_size", block_size)
+  nq, nk = -(-s.q_len // block), -(-s.k_len // block)
+  table = _band_table(nq, nk, -(-window // block), causal)
+  allowed = lambda i, j: masks.local_allowed(i, j, window=window, causal=causal)
+  partials = _gathered_partials(query, key, value, kv_mask, s, block=block, table=table,
+                                allowed=allowed)
+  return _output(partials, s, query.dtype)
+
+
+def strided(query, key, value, *, causal=False, kv_mask=None, stride=128):
+  """Exact Sparse Transformer strided attention (see `masks.strided_allowed`).
+
+  The pattern splits into a band (0 < |i - j| < stride) and, for each residue
+  r = i mod stride, full attention among positions with that residue (j = i
+  included there once). The band is computed on gathered blocks, O(L x
+  stride); the residue classes by the blockwise kernel, O(L^2 / stride) time
+  and O(L) memory. The two parts are merged by their log-sum-exp, exactly.
+
+  Args:
+    stride: the band width and the column spacing (>= 1).
+  """
+  s = common.check_inputs("strided", query, key, value, kv_mask)
+  stride = common.positive_int("strided", "stride", stride)
+
+  band_partials = None
+  if stride > 1:
+    block = _default_block(stride - 1)
+    nq, nk = -(-s.q_len // block), -(-s.k_len // block)
+    table = _band_table(nq, nk, -(-(stride - 1) // block), causal)
+    def band(i, j):
+      d = i - j
+      return ((d > 0) if causal else (d != 0)) & (d > -stride) & (d < stride)
+    band_partials = _gathered_partials(query, key, value, kv_mask, s, block=block, table=table,
+                                       allowed=band)
+
+  # Residue classes: position a * stride + r becomes row a of sequence r.
+  nq, nk = -(-s.q_len // stride), -(-s.k_len // stride)
+  def by_residue(x, n):  # [B, L, ...] -> [B * stride, n, ...]
+    x = common.pad_axis(x, 1, n * stride).reshape(x.shape[0], n, stride, *x.shape[2:])
+    return jnp.moveaxis(x, 2, 1).reshape(x.shape[0] * stride, n, *x.shape[3:])
+  k_valid = jnp.ones((s.batch, s.k_len), bool) if kv_mask is None else kv_mask
+  out, lse = blockwise_lib.attention_with_lse(
+      by_residue(query, nq), by_residue(key, nk), by_residue(value, nk), causal=causal,
+      kv_mask=by_residue(common.pad_axis(k_valid, 1, nk * stride, value=False), nk),
+      variant="strided")
+  def by_position(x):  # [B * stride, nq, ...] -> [B, Lq, ...]
+    x = jnp.moveaxis(x.reshape(s.batch, stride, nq, *x.shape[2:]), 1, 2)
+    return x.reshape(s.batch, nq * stride, *x.shape[3:])[:, :s.q_len]
+  out = by_position(out).astype(jnp.float32).reshape(
+      s.batch, s.q_len, s.kv_heads, s.groups, s.head_dim)
+  lse = by_position(lse).reshape(s.batch, s.q_len, s.kv_heads, s.groups)
+  column_partials = common.Partials(lse, jnp.isfinite(lse).astype(jnp.float32), out)
+  if band_partials is None:
+    return _output(column_partials, s, query.dtype)
+  return _output(common.merge(band_partials, column_partials), s, query.dtype)
+
+
+def bigbird(query, key, value, *, causal=False, kv_mask=None, block_size=64,
+            num_window_blocks=3, num_global_blocks=2, num_random_blocks=3, seed=0):
+  """Exact BigBird block-sparse attention (Zaheer et al. 2020, BigBird-ITC).
+
+  Key blocks per query block are listed by `masks.bigbird_key_blocks`; the
+  random blocks are fixed by `seed` and the shapes. Global query blocks attend
+  to every key (O(global x block x L)); the rest gather their window, global
+  and random key blocks: O(L x block_size x blocks per row).
+
+  Args:
+    block_size: tokens per block.
+    num_window_blocks: odd; the block itself and (n - 1) / 2 on each side.
+    num_global_blocks: the first blocks, which see and are seen by all.
+    num_random_blocks: random key blocks per (non-global) query block.
+    seed: seeds the random block choice (a NumPy generator, at trace time).
+  """
+  s = common.check_inputs("bigbird", query, key, value, kv_mask)
+  masks.check_bigbird_options(block_size, num_window_blocks, num_global_blocks,
+                              num_random_blocks, seed)
+  nq, nk = -(-s.q_len // block_size), -(-s.k_len // block_size)
+  table = masks.bigbird_key_blocks(nq, nk, num_window_blocks=num_window_blocks,
+                                   num_global_blocks=num_global_blocks,
+                                   num_random_blocks=num_random_blocks, seed=seed, causal=causal)
+  g_rows = min(num_global_blocks * block_size, s.q_len)
+  outs = []
+  if g_rows:  # global query rows see every key (causal: every earlier one)
+    outs.append(dense_lib.dense(query[:, :g_rows], key, value, causal=causal, kv_mask=kv_mask))
+  if g_rows < s.q_len:
+    rest = table[num_global_blocks:]
+    rest = rest[:, :max(1, int((rest >= 0).sum(1).max()))]  # drop all-padding slots
+    allowed = (lambda i, j: j <= i) if causal else (lambda i, j: True)
+    partials = _gathered_partials(query[:, g_rows:], key, value, kv_mask, s, block=block_size,
+                                  table=rest, allowed=allowed, first_block=num_global_blocks)
+    rest_shapes = s._replace(q_len=s.q_len - g_rows)
+    outs.append(_output(partials, rest_shapes, query.dtype))
+  return jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
