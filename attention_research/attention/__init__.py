@@ -19,6 +19,8 @@ import functools
 import inspect
 from typing import Callable, Optional
 
+import numpy as np
+
 from attention_research.attention import blockwise as _blockwise
 from attention_research.attention import dense as _dense
 from attention_research.attention import linear as _linear
@@ -80,9 +82,19 @@ def get(name) -> Callable:
   return variant(name).fn
 
 
-dense = register("dense", _dense.dense, exact=True,
-                 mask=lambda q_len, k_len, *, causal=False, mask=None: (
-                     masks.full_mask(q_len, k_len, causal=causal)))
+def _dense_mask(q_len, k_len, *, causal=False, mask=None):
+  """dense's pattern; a `mask` is folded in when it is one [Lq, Lk] pattern."""
+  full = masks.full_mask(q_len, k_len, causal=causal)
+  if mask is None:
+    return full
+  mask = np.asarray(mask, bool)
+  if mask.ndim > 2 and any(n != 1 for n in mask.shape[:-2]):
+    raise ValueError(f"dense: a per-batch or per-head `mask` {mask.shape} has no single "
+                     f"[q_len, k_len] pattern")
+  return full & np.broadcast_to(mask.reshape(mask.shape[-2:]), full.shape)
+
+
+dense = register("dense", _dense.dense, exact=True, mask=_dense_mask)
 blockwise = register("blockwise", _blockwise.blockwise, exact=True,
                      mask=lambda q_len, k_len, *, causal=False, block_q=None, block_k=None: (
                          masks.full_mask(q_len, k_len, causal=causal)))

@@ -15,6 +15,8 @@ quadratic form, across chunks an exclusive cumulative sum of per-chunk
 [D, D] states, so memory is O(L / chunk x D^2), never [L, D, D].
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,23 +88,46 @@ def performer_projection(head_dim, num_features, feature_key=None):
   """FAVOR+ random features W [num_features, head_dim], float32.
 
   Rows come in blocks of head_dim that are exactly orthogonal (QR of a
-  Gaussian matrix), each row rescaled to the norm of an independent Gaussian
-  vector, so every row is marginally N(0, I) (Choromanski et al. 2020, Sec. 2.4).
+  Gaussian matrix, with R's diagonal made positive so Q is Haar-distributed),
+  each row rescaled to the norm of an independent Gaussian vector, so every
+  row is marginally N(0, I) (Choromanski et al. 2020, Sec. 2.4).
 
   Args:
-    feature_key: a jax PRNG key, or an int seed; None means seed 0, so calls
-      without one are deterministic.
+    feature_key: None (seed 0) or an int seed: drawn once with NumPy's
+      generator and cached, a constant of the computation; or a jax PRNG key
+      (may be traced, e.g. a new key per step to redraw features): drawn with
+      jax.random. The two kinds give different draws for the same number.
   """
   common.positive_int("performer", "num_features", num_features)
   if feature_key is None or isinstance(feature_key, (int, np.integer)):
-    feature_key = jax.random.key(0 if feature_key is None else int(feature_key))
+    seed = common.non_negative_int("performer", "feature_key", 0 if feature_key is None else feature_key)
+    return jnp.asarray(_numpy_projection(head_dim, num_features, seed))
+  if not jnp.issubdtype(feature_key.dtype, jax.dtypes.prng_key) and feature_key.shape != (2,):
+    raise ValueError(
+        f"performer: `feature_key` must be None, an int seed or a jax PRNG key, got an "
+        f"array of shape {feature_key.shape} and dtype {feature_key.dtype}")
   blocks_key, norms_key = jax.random.split(feature_key)
   num_blocks = -(-num_features // head_dim)
-  gaussian = jax.random.normal(blocks_key, (num_blocks, head_dim, head_dim))
-  q, _ = jnp.linalg.qr(gaussian)                      # columns orthonormal
-  rows = jnp.swapaxes(q, 1, 2).reshape(num_blocks * head_dim, head_dim)[:num_features]
+  q, r = jnp.linalg.qr(jax.random.normal(blocks_key, (num_blocks, head_dim, head_dim)))
+  q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
   norms = jnp.linalg.norm(jax.random.normal(norms_key, (num_features, head_dim)), axis=1)
-  return rows * norms[:, None]
+  return _orthogonal_rows(q, num_features) * norms[:, None]
+
+
+def _orthogonal_rows(q, num_features):
+  """Blocks of orthonormal columns [n, D, D] -> the first num_features rows."""
+  num_blocks, head_dim, _ = q.shape
+  return q.swapaxes(1, 2).reshape(num_blocks * head_dim, head_dim)[:num_features]
+
+
+@functools.lru_cache(maxsize=64)
+def _numpy_projection(head_dim, num_features, seed):
+  rng = np.random.default_rng(seed)
+  num_blocks = -(-num_features // head_dim)
+  q, r = np.linalg.qr(rng.standard_normal((num_blocks, head_dim, head_dim)))
+  q = q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
+  norms = np.linalg.norm(rng.standard_normal((num_features, head_dim)), axis=1)
+  return (_orthogonal_rows(q, num_features) * norms[:, None]).astype(np.float32)
 
 
 def performer(query, key, value, *, causal=False, kv_mask=None, num_features=256,
@@ -115,8 +140,8 @@ def performer(query, key, value, *, causal=False, kv_mask=None, num_features=256
 
   Args:
     num_features: m, the number of random features.
-    feature_key: jax PRNG key or int seed for W (default: seed 0; pass a new
-      key per step to redraw features).
+    feature_key: int seed or jax PRNG key for W (see `performer_projection`;
+      default seed 0; pass a new PRNG key per step to redraw features).
     chunk_size: chunk length of the causal prefix sums.
   """
   s = common.check_inputs("performer", query, key, value, kv_mask)

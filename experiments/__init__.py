@@ -1,0 +1,1 @@
+"""Experiment binaries (absl): run one as `python -m experiments.<name> --help`."""

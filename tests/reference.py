@@ -1,0 +1,57 @@
+"""Float64 NumPy softmax attention and its gradient, written from the
+definitions and independent of the library, for the tests to compare against.
+"""
+
+import numpy as np
+
+
+def _expand_kv(x, heads):
+  """[B, L, Hkv, D] -> [B, L, H, D]: query head h reads kv head h // (H // Hkv)."""
+  return np.repeat(x, heads // x.shape[2], axis=2)
+
+
+def _probabilities(q, k, mask):
+  """P [B, H, Lq, Lk] with rows that allow no key all zero."""
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+  logits = np.where(mask, logits, -np.inf)
+  row_max = logits.max(-1, keepdims=True)
+  row_max = np.where(np.isfinite(row_max), row_max, 0.0)
+  w = np.exp(logits - row_max)
+  total = w.sum(-1, keepdims=True)
+  return np.where(total > 0, w / np.where(total > 0, total, 1.0), 0.0)
+
+
+def full_mask(batch, heads, q_len, k_len, pattern=None, kv_mask=None):
+  """bool [B, H, Lq, Lk] from a [Lq, Lk] pattern and a [B, Lk] key mask."""
+  mask = np.ones((batch, heads, q_len, k_len), bool)
+  if pattern is not None:
+    mask &= np.asarray(pattern, bool)[None, None]
+  if kv_mask is not None:
+    mask &= np.asarray(kv_mask, bool)[:, None, None, :]
+  return mask
+
+
+def softmax_attention(q, k, v, mask):
+  """out [B, Lq, H, D] = softmax(q k^T / sqrt(D)) v under `mask` [B, H, Lq, Lk]."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  heads = q.shape[2]
+  p = _probabilities(q, _expand_kv(k, heads), mask)
+  return np.einsum("bhqk,bkhd->bqhd", p, _expand_kv(v, heads))
+
+
+def softmax_attention_vjp(q, k, v, mask, d_out):
+  """(dq, dk, dv) of sum(out * d_out), by the textbook softmax backward."""
+  q, k, v, d_out = (np.asarray(x, np.float64) for x in (q, k, v, d_out))
+  heads, kv_heads = q.shape[2], k.shape[2]
+  ke, ve = _expand_kv(k, heads), _expand_kv(v, heads)
+  p = _probabilities(q, ke, mask)
+  dv = np.einsum("bhqk,bqhd->bkhd", p, d_out)
+  dp = np.einsum("bqhd,bkhd->bhqk", d_out, ve)
+  ds = p * (dp - (p * dp).sum(-1, keepdims=True)) / np.sqrt(q.shape[-1])
+  dq = np.einsum("bhqk,bkhd->bqhd", ds, ke)
+  dk = np.einsum("bhqk,bqhd->bkhd", ds, q)
+
+  def fold(x):  # sum the query heads that share a kv head
+    b, l, _, d = x.shape
+    return x.reshape(b, l, kv_heads, heads // kv_heads, d).sum(3)
+  return dq, fold(dk), fold(dv)

@@ -1,0 +1,169 @@
+"""The attention benchmark binary: its arithmetic against independent
+references (numpy.polyfit, hand-counted FLOPs, a separate compile), its option
+parsing, and an end-to-end run at tiny shapes that writes the CSV, Markdown and
+PNG, skips a point over the memory budget and lengths past --max_seconds.
+"""
+
+import csv
+import math
+
+from absl import app
+from absl import flags
+from absl.testing import flagsaver
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attention_research import attention
+from experiments import benchmark_attention as bench
+
+TINY = ["--heads=2", "--head_dim=8", "--repeats=1", "--matmul_size=128"]
+
+
+def run_binary(capsys, *args):
+  """Runs the binary's main with these flags; returns what it printed."""
+  with flagsaver.flagsaver():
+    flags.FLAGS(["benchmark_attention", *TINY, *args])
+    bench.main(["benchmark_attention"])
+  return capsys.readouterr().out
+
+
+def read_csv(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("coefficient, exponent", [(3.0, 2.0), (0.5, 1.0), (7.0, 0.5)])
+def test_fit_slope_recovers_known_exponents(coefficient, exponent):
+  lengths = np.array([64, 128, 256, 1024])
+  assert bench.fit_slope(lengths, coefficient * lengths**exponent) == pytest.approx(exponent)
+
+
+def test_fit_slope_matches_polyfit_on_noisy_data():
+  rng = np.random.default_rng(0)
+  lengths = np.array([100, 300, 1000, 2000, 5000])
+  times = 1e-6 * lengths**1.7 * np.exp(rng.normal(0, 0.2, lengths.size))
+  expected = np.polyfit(np.log(lengths), np.log(times), 1)[0]
+  assert bench.fit_slope(lengths, times) == pytest.approx(expected, rel=1e-12)
+
+
+def test_fit_slope_ignores_missing_points_and_needs_two():
+  # Missing (None) and zero values drop out; what is left is exactly L^2.
+  assert bench.fit_slope([64, 128, 256, 512], [None, 128.0**2, 0, 512.0**2]) == pytest.approx(2.0)
+  assert math.isnan(bench.fit_slope([64, 128], [1.0, None]))
+  assert math.isnan(bench.fit_slope([], []))
+
+
+def test_dense_equivalent_flops_by_hand():
+  # B=1, H=8, L=1024, D=64: QK^T and PV are each 2 * 1024 * 1024 * 64 per head.
+  assert bench.dense_equivalent_flops(1, 8, 1024, 1024, 64, causal=False) == 8 * 2 * (
+      2 * 1024 * 1024 * 64)
+  assert bench.dense_equivalent_flops(2, 4, 16, 32, 8, causal=True) == 2 * 4 * 16 * 32 * 8 * 2
+
+
+def test_parse_options_and_benchmark_defaults():
+  options = bench.parse_options(["local.window=256", "bigbird.block_size=32",
+                                 "linear.feature_map=relu", "performer.num_features=64"])
+  assert options == {"local": {"window": 256}, "bigbird": {"block_size": 32},
+                     "linear": {"feature_map": "relu"}, "performer": {"num_features": 64}}
+  assert bench.parse_options([]) == {}
+  # The benchmark's own default window is 256; an --option overrides it.
+  assert bench.benchmark_options(["local", "dense"], {}) == {"local": {"window": 256}, "dense": {}}
+  assert bench.benchmark_options(["local"], {"local": {"window": 64}}) == {"local": {"window": 64}}
+
+
+@pytest.mark.parametrize("string, match", [
+    ("local.window", "expected variant.option=value"),
+    ("window=256", "expected variant.option=value"),
+    ("nosuch.window=3", "unknown attention variant 'nosuch'"),
+    ("local.nosuch=3", "has no option 'nosuch'"),
+    ("local.window=[1,", "local.window"),
+    ("local.window=2 56", "local.window"),
+])
+def test_bad_option_raises_naming_it(string, match):
+  with pytest.raises(ValueError, match=match) as error:
+    bench.parse_options([string])
+  assert f"--option={string!r}" in str(error.value)
+
+
+def test_option_for_a_variant_not_benchmarked_is_an_error():
+  with pytest.raises(ValueError, match=r"\['bigbird'\], which are not in --variants"):
+    bench.benchmark_options(["local"], {"bigbird": {"block_size": 32}})
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--variants=dense,nosuch"], "unknown attention variant 'nosuch'"),
+    (["--kv_heads=3"], r"--kv_heads \(3\) must divide --heads \(2\)"),
+    (["--lengths=64,x"], "--lengths must be positive integers"),
+    (["--variants=dense", "--option=local.window=8"], "not in --variants"),
+    (["--variants=dense,baseline", "--nobaseline"], "--nobaseline"),
+])
+def test_bad_flags_are_usage_errors(args, match):
+  with flagsaver.flagsaver():
+    flags.FLAGS(["benchmark_attention", *TINY, *args])
+    with pytest.raises(app.UsageError, match=match):
+      bench.settings_from_flags(flags.FLAGS)
+
+
+def test_markdown_table_layout():
+  table = bench.markdown_table(["name", "ms"], [["dense", 1234.5678], ["local", None]])
+  assert table.splitlines() == ["| name | ms |", "|:---|---:|", "| dense | 1235 |",
+                                "| local | - |"]
+
+
+def test_end_to_end_tiny_run(tmp_path, capsys):
+  out = run_binary(capsys, "--variants=dense,local", "--lengths=64,128", f"--out_dir={tmp_path}")
+  rows = read_csv(tmp_path / "benchmark.csv")
+  names = [bench.BASELINE, "dense", "local"]
+  assert [(r["variant"], int(r["length"])) for r in rows] == [
+      (n, length) for n in names for length in (64, 128)]
+  for r in rows:
+    assert r["note"] == ""
+    for key in ("fwd_ms", "fwd_bwd_ms", "compile_fwd_s", "temp_fwd_bwd_mib"):
+      assert float(r[key]) > 0, (r["variant"], key)
+    # GFLOP/s is the hand-counted dense FLOPs over the forward time.
+    flops = 4 * 1 * 2 * int(r["length"]) ** 2 * 8
+    assert float(r["gflops_fwd_dense_equivalent"]) == pytest.approx(
+        flops / (float(r["fwd_ms"]) / 1e3) / 1e9)
+  by_key = {(r["variant"], int(r["length"])): r for r in rows}
+  assert float(by_key[bench.BASELINE, 64]["speedup_fwd_vs_baseline"]) == 1.0
+
+  # Dense memory is quadratic: doubling L at least triples it.
+  for column in ("temp_fwd_mib", "temp_fwd_bwd_mib"):
+    assert float(by_key["dense", 128][column]) >= 3 * float(by_key["dense", 64][column])
+  # ... and is what a separate compile of the same function reports.
+  spec = jax.ShapeDtypeStruct((1, 128, 2, 8), jnp.float32)
+  dense = lambda q, k, v: attention.get("dense")(q, k, v, causal=False)
+  temp = jax.jit(dense).lower(spec, spec, spec).compile().memory_analysis().temp_size_in_bytes
+  assert float(by_key["dense", 128]["temp_fwd_mib"]) * 2**20 == temp
+
+  with open(tmp_path / "benchmark.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  markdown = (tmp_path / "benchmark.md").read_text()
+  assert markdown.strip() in out
+  assert "| variant | L | fwd ms | fwd+bwd ms |" in markdown
+  assert "| variant | L timed | slope fwd+bwd time |" in markdown
+  assert "matmul ceiling:" in markdown and f"jax {jax.__version__}" in markdown
+
+
+def test_point_over_memory_budget_is_compiled_but_not_run(tmp_path, capsys):
+  out = run_binary(capsys, "--variants=dense", "--nobaseline", "--lengths=64",
+                   "--memory_budget_gb=1e-6", f"--out_dir={tmp_path}")
+  [row] = read_csv(tmp_path / "benchmark.csv")
+  # Needed: fwd+bwd's temp plus q, k, v, cotangent in and dq, dk, dv out (4 KiB each).
+  needs = float(row["note"].removeprefix("skipped: needs ").split(" GiB > budget 1e-06 GiB")[0])
+  assert needs * 2**30 == pytest.approx(float(row["temp_fwd_bwd_mib"]) * 2**20 + 7 * 4096,
+                                        rel=5e-3)  # the note has 3 digits
+  assert row["fwd_ms"] == "" and row["fwd_bwd_ms"] == ""
+  assert float(row["temp_fwd_mib"]) > 0  # compiled, so its memory is still reported
+  assert "skipped: needs" in out
+
+
+def test_lengths_past_max_seconds_are_skipped(tmp_path, capsys):
+  run_binary(capsys, "--variants=dense", "--nobaseline", "--lengths=64,128", "--max_seconds=0",
+             f"--out_dir={tmp_path}")
+  first, second = read_csv(tmp_path / "benchmark.csv")
+  assert float(first["fwd_bwd_ms"]) > 0 and first["note"] == ""
+  assert second["fwd_bwd_ms"] == ""
+  assert second["note"] == "skipped: slower than --max_seconds at smaller L"
