@@ -5,7 +5,7 @@ definitions and independent of the library, for the tests to compare against.
 import numpy as np
 
 
-def _expand_kv(x, heads):
+def expand_kv(x, heads):
   """[B, L, Hkv, D] -> [B, L, H, D]: query head h reads kv head h // (H // Hkv)."""
   return np.repeat(x, heads // x.shape[2], axis=2)
 
@@ -35,15 +35,15 @@ def softmax_attention(q, k, v, mask):
   """out [B, Lq, H, D] = softmax(q k^T / sqrt(D)) v under `mask` [B, H, Lq, Lk]."""
   q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
   heads = q.shape[2]
-  p = _probabilities(q, _expand_kv(k, heads), mask)
-  return np.einsum("bhqk,bkhd->bqhd", p, _expand_kv(v, heads))
+  p = _probabilities(q, expand_kv(k, heads), mask)
+  return np.einsum("bhqk,bkhd->bqhd", p, expand_kv(v, heads))
 
 
 def softmax_attention_vjp(q, k, v, mask, d_out):
   """(dq, dk, dv) of sum(out * d_out), by the textbook softmax backward."""
   q, k, v, d_out = (np.asarray(x, np.float64) for x in (q, k, v, d_out))
   heads, kv_heads = q.shape[2], k.shape[2]
-  ke, ve = _expand_kv(k, heads), _expand_kv(v, heads)
+  ke, ve = expand_kv(k, heads), expand_kv(v, heads)
   p = _probabilities(q, ke, mask)
   dv = np.einsum("bhqk,bqhd->bkhd", p, d_out)
   dp = np.einsum("bqhd,bkhd->bhqk", d_out, ve)

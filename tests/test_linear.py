@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from attention_research import attention
+from tests import reference
 
 D = 8
 
@@ -37,19 +38,13 @@ def _phi_grad(x, feature_map):
   return (x > 0).astype(np.float64)
 
 
-def _expand(x, heads):
-  """[B, L, Hkv, D] -> [B, L, H, D]: query head h reads kv head h // (H // Hkv)."""
-  return np.repeat(x, heads // x.shape[2], axis=2)
+_expand = reference.expand_kv
 
 
 def _allowed(batch, q_len, k_len, causal, kv_mask):
-  """bool [B, 1, Lq, Lk]."""
-  i, j = np.arange(q_len)[:, None], np.arange(k_len)[None, :]
-  allowed = np.broadcast_to((j <= i) if causal else np.ones((q_len, k_len), bool),
-                            (batch, 1, q_len, k_len))
-  if kv_mask is not None:
-    allowed = allowed & np.asarray(kv_mask, bool)[:, None, None, :]
-  return allowed
+  """bool [B, 1, Lq, Lk]; causal is top-left aligned (key j <= query i)."""
+  pattern = np.tril(np.ones((q_len, k_len), bool)) if causal else None
+  return reference.full_mask(batch, 1, q_len, k_len, pattern, kv_mask)
 
 
 def _forward(q, k, v, causal, kv_mask, feature_map):

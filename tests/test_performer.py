@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from attention_research import attention
+from tests import reference
 
 D = 8
 _STATIC = ("causal", "num_features", "chunk_size")
@@ -37,19 +38,13 @@ def performer(q, k, v, **options):
 # ---------------------------------------------------------------------------
 # Float64 references.
 
-def _expand(x, heads):
-  """[B, L, Hkv, D] -> [B, L, H, D]: query head h reads kv head h // (H // Hkv)."""
-  return np.repeat(x, heads // x.shape[2], axis=2)
+_expand = reference.expand_kv
 
 
 def _allowed(batch, q_len, k_len, causal, kv_mask):
   """bool [B, 1, Lq, Lk]; causal is top-left aligned (key j <= query i)."""
-  i, j = np.arange(q_len)[:, None], np.arange(k_len)[None, :]
-  allowed = np.broadcast_to((j <= i) if causal else np.ones((q_len, k_len), bool),
-                            (batch, 1, q_len, k_len))
-  if kv_mask is not None:
-    allowed = allowed & np.asarray(kv_mask, bool)[:, None, None, :]
-  return allowed
+  pattern = np.tril(np.ones((q_len, k_len), bool)) if causal else None
+  return reference.full_mask(batch, 1, q_len, k_len, pattern, kv_mask)
 
 
 def favor_features(x, w):

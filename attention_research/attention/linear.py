@@ -25,46 +25,56 @@ from attention_research.attention import common
 
 
 def _weighted_sum(phi_q, phi_k, value, s, causal, chunk):
-  """sum_j phi_q_i.phi_k_j v_j / sum_j phi_q_i.phi_k_j, float32 [B, Lq, Hkv, G, D].
+  """sum_j phi_q_i.phi_k_j v_j / sum_j phi_q_i.phi_k_j, as [B, Lq, H, D] float32.
 
-  phi_q: [B, Lq, Hkv, G, F]; phi_k: [B, Lk, Hkv, F], zero for masked keys.
+  phi_q: [B, Hkv, G, Lq, F]; phi_k: [B, Hkv, Lk, F], zero for masked keys.
+  Heads lead and length is second to last, so each einsum is a plain batched
+  matmul with no transposes of L-sized arrays (memory-bound work here).
   """
-  v = value.astype(jnp.float32)
+  v = value.astype(jnp.float32).transpose(0, 2, 1, 3)  # [B, Hkv, Lk, D]
   if not causal:
-    state = jnp.einsum("bkhf,bkhd->bhfd", phi_k, v)
-    num = jnp.einsum("bqhgf,bhfd->bqhgd", phi_q, state)
-    den = jnp.einsum("bqhgf,bhf->bqhg", phi_q, phi_k.sum(1))
+    state = jnp.einsum("bhkf,bhkd->bhfd", phi_k, v)
+    num = jnp.einsum("bhgqf,bhfd->bhgqd", phi_q, state)
+    den = jnp.einsum("bhgqf,bhf->bhgq", phi_q, phi_k.sum(2))
   else:
     # Causal is top-left aligned (key j <= query i), so pad both sides to a
     # common length; padded keys have phi_k = 0 and padded queries are dropped.
     c = min(chunk, max(s.q_len, s.k_len))
     length = common.round_up(max(s.q_len, s.k_len), c)
     n = length // c
-    pq = common.pad_axis(phi_q, 1, length).reshape(s.batch, n, c, *phi_q.shape[2:])
-    pk = common.pad_axis(phi_k, 1, length).reshape(s.batch, n, c, *phi_k.shape[2:])
-    pv = common.pad_axis(v, 1, length).reshape(s.batch, n, c, *v.shape[2:])
-    scores = jnp.einsum("bnqhgf,bnkhf->bnhgqk", pq, pk) * jnp.tril(jnp.ones((c, c)))
-    states = jnp.einsum("bnkhf,bnkhd->bnhfd", pk, pv)
-    states = jnp.cumsum(states, axis=1) - states          # keys of earlier chunks only
-    sums = pk.sum(2)
-    sums = jnp.cumsum(sums, axis=1) - sums
-    num = (jnp.einsum("bnhgqk,bnkhd->bnqhgd", scores, pv)
-           + jnp.einsum("bnqhgf,bnhfd->bnqhgd", pq, states))
-    den = scores.sum(-1).transpose(0, 1, 4, 2, 3) + jnp.einsum("bnqhgf,bnhf->bnqhg", pq, sums)
-    num = num.reshape(s.batch, length, *num.shape[3:])[:, :s.q_len]
-    den = den.reshape(s.batch, length, *den.shape[3:])[:, :s.q_len]
+    pq = common.pad_axis(phi_q, 3, length).reshape(*phi_q.shape[:3], n, c, phi_q.shape[-1])
+    pk = common.pad_axis(phi_k, 2, length).reshape(*phi_k.shape[:2], n, c, phi_k.shape[-1])
+    pv = common.pad_axis(v, 2, length).reshape(*v.shape[:2], n, c, v.shape[-1])
+    scores = jnp.einsum("bhgnqf,bhnkf->bhgnqk", pq, pk) * jnp.tril(jnp.ones((c, c)))
+    states = jnp.einsum("bhnkf,bhnkd->bhnfd", pk, pv)
+    states = jnp.cumsum(states, axis=2) - states          # keys of earlier chunks only
+    sums = pk.sum(3)
+    sums = jnp.cumsum(sums, axis=2) - sums
+    num = (jnp.einsum("bhgnqk,bhnkd->bhgnqd", scores, pv)
+           + jnp.einsum("bhgnqf,bhnfd->bhgnqd", pq, states))
+    den = scores.sum(-1) + jnp.einsum("bhgnqf,bhnf->bhgnq", pq, sums)
+    num = num.reshape(*num.shape[:3], length, num.shape[-1])[:, :, :, :s.q_len]
+    den = den.reshape(*den.shape[:3], length)[:, :, :, :s.q_len]
   # The weights are >= 0, so den = 0 only when every weight is 0 (no key):
   # such a row is defined as zeros.
   has_key = den > 0
-  return jnp.where(has_key[..., None], num / jnp.where(has_key, den, 1.0)[..., None], 0.0)
+  out = jnp.where(has_key[..., None], num / jnp.where(has_key, den, 1.0)[..., None], 0.0)
+  return out.transpose(0, 3, 1, 2, 4).reshape(s.batch, s.q_len, s.heads, s.head_dim)
 
 
 def _grouped(query, s):
-  return query.reshape(s.batch, s.q_len, s.kv_heads, s.groups, s.head_dim).astype(jnp.float32)
+  """[B, Lq, H, D] -> [B, Hkv, G, Lq, D] float32."""
+  q = query.reshape(s.batch, s.q_len, s.kv_heads, s.groups, s.head_dim)
+  return q.transpose(0, 2, 3, 1, 4).astype(jnp.float32)
+
+
+def _keys(key):
+  """[B, Lk, Hkv, D] -> [B, Hkv, Lk, D] float32."""
+  return key.transpose(0, 2, 1, 3).astype(jnp.float32)
 
 
 def _masked_keys(phi_k, kv_mask):
-  return phi_k if kv_mask is None else phi_k * kv_mask[:, :, None, None]
+  return phi_k if kv_mask is None else phi_k * kv_mask[:, None, :, None]
 
 
 def linear(query, key, value, *, causal=False, kv_mask=None, feature_map="elu", chunk_size=64):
@@ -79,9 +89,8 @@ def linear(query, key, value, *, causal=False, kv_mask=None, feature_map="elu", 
   chunk = common.positive_int("linear", "chunk_size", chunk_size)
   phi = (lambda x: jax.nn.elu(x) + 1.0) if feature_map == "elu" else jax.nn.relu
   phi_q = phi(_grouped(query, s))
-  phi_k = _masked_keys(phi(key.astype(jnp.float32)), kv_mask)
-  out = _weighted_sum(phi_q, phi_k, value, s, causal, chunk)
-  return out.reshape(s.batch, s.q_len, s.heads, s.head_dim).astype(query.dtype)
+  phi_k = _masked_keys(phi(_keys(key)), kv_mask)
+  return _weighted_sum(phi_q, phi_k, value, s, causal, chunk).astype(query.dtype)
 
 
 def performer_projection(head_dim, num_features, feature_key=None):
@@ -155,13 +164,12 @@ def performer(query, key, value, *, causal=False, kv_mask=None, num_features=256
     return jnp.einsum("...d,fd->...f", x, w) - 0.5 * jnp.sum(x * x, -1, keepdims=True)
 
   lq = log_features(_grouped(query, s))
-  lk = log_features(key.astype(jnp.float32))
+  lk = log_features(_keys(key))
   lq = lq - jax.lax.stop_gradient(lq.max(-1, keepdims=True))
-  real = jnp.ones(lk.shape[:2], bool) if kv_mask is None else kv_mask
-  k_shift = jnp.max(jnp.where(real[:, :, None, None], lk, -jnp.inf), axis=(1, 3), keepdims=True)
+  real = jnp.ones((s.batch, s.k_len), bool) if kv_mask is None else kv_mask
+  k_shift = jnp.max(jnp.where(real[:, None, :, None], lk, -jnp.inf), axis=(2, 3), keepdims=True)
   k_shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(k_shift), k_shift, 0.0))
   norm = float(num_features) ** -0.5
   phi_q = jnp.exp(lq) * norm
   phi_k = _masked_keys(jnp.exp(lk - k_shift) * norm, kv_mask)
-  out = _weighted_sum(phi_q, phi_k, value, s, causal, chunk)
-  return out.reshape(s.batch, s.q_len, s.heads, s.head_dim).astype(query.dtype)
+  return _weighted_sum(phi_q, phi_k, value, s, causal, chunk).astype(query.dtype)
