@@ -174,7 +174,7 @@ def test_blockwise_with_all_heads_per_step_equals_float64_softmax(case):
   mask = reference.full_mask(batch, heads, q_len, k_len,
                              np.tril(np.ones((q_len, k_len), bool)) if causal else None, kv_mask)
   d_out = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
-  fn = lambda q, k, v: attention.blockwise(q, k, v, causal=causal, kv_mask=kv_mask, block_q=8,
+  fn = lambda q, k, v: attention.get("blockwise")(q, k, v, causal=causal, kv_mask=kv_mask, block_q=8,
                                            block_k=16, sequential_heads=False)
   out, vjp = jax.vjp(jax.jit(fn), q, k, v)
   np.testing.assert_allclose(out, reference.softmax_attention(q, k, v, mask), atol=2e-5, rtol=1e-5)

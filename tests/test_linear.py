@@ -108,7 +108,7 @@ def _random_kv_mask(seed, batch, k_len, empty_row=None):
 
 
 # One compiled program per call shape, instead of op-by-op dispatch.
-linear = jax.jit(attention.linear, static_argnames=("causal", "feature_map", "chunk_size"))
+linear = jax.jit(attention.get("linear"), static_argnames=("causal", "feature_map", "chunk_size"))
 
 
 def _close(actual, expected, tol=2e-5):
@@ -205,7 +205,7 @@ def test_gradient(causal, q_len, k_len, feature_map, empty_row):
   d_out = jnp.asarray(np.random.default_rng(23).standard_normal(q.shape), jnp.float32)
 
   def loss(q, k, v):
-    out = attention.linear(q, k, v, causal=causal, kv_mask=kv_mask, feature_map=feature_map,
+    out = attention.get("linear")(q, k, v, causal=causal, kv_mask=kv_mask, feature_map=feature_map,
                            chunk_size=8)
     return jnp.sum(out * d_out)
 
@@ -257,4 +257,4 @@ def test_reference_gradient_matches_finite_differences():
 def test_invalid_options_raise(options, name):
   q, k, v = _inputs(seed=31, q_len=4, k_len=4)
   with pytest.raises(ValueError, match=name):
-    attention.linear(q, k, v, **options)
+    attention.get("linear")(q, k, v, **options)

@@ -168,8 +168,8 @@ def test_invalid_options_raise(mask_fn, options, name):
   with pytest.raises(ValueError, match=name):
     mask_fn(16, 16, **options)
   # The attention function rejects the same option, before computing anything.
-  fn = {attention.local_mask: attention.local, attention.strided_mask: attention.strided,
-        attention.bigbird_mask: attention.bigbird}[mask_fn]
+  fn = {attention.local_mask: attention.get("local"), attention.strided_mask: attention.get("strided"),
+        attention.bigbird_mask: attention.get("bigbird")}[mask_fn]
   x = jnp.ones((1, 16, 2, 8))
   with pytest.raises(ValueError, match=name):
     fn(x, x, x, **options)

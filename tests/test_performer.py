@@ -23,12 +23,12 @@ from tests import reference
 
 D = 8
 _STATIC = ("causal", "num_features", "chunk_size")
-_performer_traced_key = jax.jit(attention.performer, static_argnames=_STATIC)
-_performer_static_key = jax.jit(attention.performer, static_argnames=_STATIC + ("feature_key",))
+_performer_traced_key = jax.jit(attention.get("performer"), static_argnames=_STATIC)
+_performer_static_key = jax.jit(attention.get("performer"), static_argnames=_STATIC + ("feature_key",))
 
 
 def performer(q, k, v, **options):
-  """attention.performer, compiled; an int or None feature_key is static."""
+  """attention.get("performer"), compiled; an int or None feature_key is static."""
   key = options.get("feature_key")
   if key is None or isinstance(key, int):
     return _performer_static_key(q, k, v, **options)
@@ -213,7 +213,7 @@ def test_gradient_given_features():
     return out / weights.sum(-1).transpose(0, 2, 1)[..., None]
 
   def lib(q, k, v):
-    return attention.performer(q, k, v, causal=causal, num_features=m, feature_key=7,
+    return attention.get("performer")(q, k, v, causal=causal, num_features=m, feature_key=7,
                                chunk_size=8)
 
   grad = lambda f: jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * d_out), argnums=(0, 1, 2)))
@@ -262,7 +262,7 @@ def test_error_against_softmax_falls_as_features_grow():
 def test_invalid_options_raise(options, name):
   q, k, v = _inputs(53, q_len=4, k_len=4)
   with pytest.raises(ValueError, match=name):
-    attention.performer(q, k, v, **options)
+    attention.get("performer")(q, k, v, **options)
 
 
 def test_projection_rejects_no_features():

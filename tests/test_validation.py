@@ -24,6 +24,7 @@ KV = jnp.ones((2, 8, 2, 16))
     ((Q, KV, KV), {"kv_mask": jnp.ones((2, 8))}, "`kv_mask` must be bool"),
     ((Q.astype(jnp.int32), KV, KV), {}, "`query` must be a floating array"),
     ((Q, KV, KV), {"not_an_option": 1}, r"does not take option\(s\) \['not_an_option'\]"),
+    ((Q, KV, KV), {"causal": "no"}, "`causal` must be a Python bool"),
 ])
 def test_contract_violations_raise_before_compiling(name, args, kwargs, match):
   fn = attention.get(name)
@@ -60,12 +61,12 @@ def test_dense_mask_broadcasts_like_its_documented_shape():
   q, k, v = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((2, 5, 4, 8), (2, 6, 2, 8), (2, 6, 2, 8)))
   pattern = rng.random((5, 6)) > 0.4
   per_head = jnp.broadcast_to(jnp.asarray(pattern), (2, 4, 5, 6))
-  np.testing.assert_allclose(attention.dense(q, k, v, mask=jnp.asarray(pattern)),
-                             attention.dense(q, k, v, mask=per_head), atol=1e-7)
+  np.testing.assert_allclose(attention.get("dense")(q, k, v, mask=jnp.asarray(pattern)),
+                             attention.get("dense")(q, k, v, mask=per_head), atol=1e-7)
   # A mask that differs per head really is applied per head.
   head_mask = jnp.asarray(rng.random((1, 4, 1, 6)) > 0.5)
-  out = attention.dense(q, k, v, mask=head_mask)
+  out = attention.get("dense")(q, k, v, mask=head_mask)
   for h in range(4):
-    one_head = attention.dense(q[:, :, h:h + 1], k[:, :, h // 2:h // 2 + 1],
+    one_head = attention.get("dense")(q[:, :, h:h + 1], k[:, :, h // 2:h // 2 + 1],
                                v[:, :, h // 2:h // 2 + 1], mask=head_mask[:, h:h + 1])
     np.testing.assert_allclose(out[:, :, h:h + 1], one_head, atol=1e-6)

@@ -59,6 +59,10 @@ def register(name, fn, *, exact, mask=None):
       raise ValueError(
           f"attention {name!r} does not take option(s) {unknown}; it takes "
           f"{list(_CONTRACT_KEYWORDS) + sorted(options)}")
+    causal = kwargs.get("causal", False)
+    if not isinstance(causal, (bool, np.bool_)):
+      raise ValueError(f"attention {name!r}: `causal` must be a Python bool (it picks the "
+                       f"computation, so it cannot be traced), got {causal!r}")
     return fn(query, key, value, **kwargs)
 
   _REGISTRY[name] = Variant(name, checked, exact, mask, options)
@@ -94,15 +98,16 @@ def _dense_mask(q_len, k_len, *, causal=False, mask=None):
   return full & np.broadcast_to(mask.reshape(mask.shape[-2:]), full.shape)
 
 
-dense = register("dense", _dense.dense, exact=True, mask=_dense_mask)
-blockwise = register("blockwise", _blockwise.blockwise, exact=True,
-                     mask=lambda q_len, k_len, *, causal=False, block_q=None, block_k=None: (
-                         masks.full_mask(q_len, k_len, causal=causal)))
-local = register("local", _sparse.local, exact=True, mask=masks.local_mask)
-strided = register("strided", _sparse.strided, exact=True, mask=masks.strided_mask)
-bigbird = register("bigbird", _sparse.bigbird, exact=True, mask=masks.bigbird_mask)
-linear = register("linear", _linear.linear, exact=False)
-performer = register("performer", _linear.performer, exact=False)
+# The functions are reached through get(name); module attributes named after
+# variants stay the submodules (dense.py, blockwise.py, ...).
+register("dense", _dense.dense, exact=True, mask=_dense_mask)
+register("blockwise", _blockwise.blockwise, exact=True,
+         mask=lambda q_len, k_len, *, causal=False, **_: masks.full_mask(q_len, k_len, causal=causal))
+register("local", _sparse.local, exact=True, mask=masks.local_mask)
+register("strided", _sparse.strided, exact=True, mask=masks.strided_mask)
+register("bigbird", _sparse.bigbird, exact=True, mask=masks.bigbird_mask)
+register("linear", _linear.linear, exact=False)
+register("performer", _linear.performer, exact=False)
 
 local_mask = masks.local_mask
 strided_mask = masks.strided_mask

@@ -41,12 +41,13 @@ def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=512, blo
 
 
 def attention_with_lse(query, key, value, *, causal=False, kv_mask=None, block_q=512,
-                       block_k=512, sequential_heads=None, variant="blockwise"):
+                       block_k=512, sequential_heads=None, variant="blockwise", out_dtype=None):
   """`blockwise`, also returning the log-sum-exp of each row's logits.
 
   Returns (out [B, Lq, H, D], lse [B, Lq, H] float32, -inf for a row with no
   key); both are differentiable, so callers can merge this attention with
-  attention over other keys (the strided variant does).
+  attention over other keys (the strided variant does, with out_dtype=float32
+  so that bfloat16 outputs are rounded once, after the merge).
   """
   s = common.check_inputs(variant, query, key, value, kv_mask)
   bq = min(common.positive_int(variant, "block_q", block_q), s.q_len)
@@ -72,7 +73,7 @@ def attention_with_lse(query, key, value, *, causal=False, kv_mask=None, block_q
 
   out, lse = _flash(q, k, v, k_valid, causal, bq, bk, sequential_heads)
   out = out[:, :, :, :s.q_len].transpose(0, 3, 1, 2, 4)
-  out = out.reshape(s.batch, s.q_len, s.heads, s.head_dim).astype(query.dtype)
+  out = out.reshape(s.batch, s.q_len, s.heads, s.head_dim).astype(out_dtype or query.dtype)
   lse = lse[:, :, :, :s.q_len].transpose(0, 3, 1, 2).reshape(s.batch, s.q_len, s.heads)
   return out, jnp.where(jnp.isfinite(lse), lse, -jnp.inf)
 
@@ -170,7 +171,7 @@ def _flash_fwd(q, k, v, k_valid, causal, bq, bk, per_head):
     out, lse = out.reshape(q.shape), lse.reshape(q.shape[:-1])
   else:
     out, lse = forward(q, k, v, k_valid)
-  out = out.astype(q.dtype)
+  # float32 out: the caller rounds once (strided merges it with its band first).
   return (out, lse), (q, k, v, k_valid, out, lse)
 
 

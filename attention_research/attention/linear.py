@@ -47,9 +47,8 @@ def _weighted_sum(phi_q, phi_k, value, s, causal, chunk):
     pv = common.pad_axis(v, 2, length).reshape(*v.shape[:2], n, c, v.shape[-1])
     scores = jnp.einsum("bhgnqf,bhnkf->bhgnqk", pq, pk) * jnp.tril(jnp.ones((c, c)))
     states = jnp.einsum("bhnkf,bhnkd->bhnfd", pk, pv)
-    states = jnp.cumsum(states, axis=2) - states          # keys of earlier chunks only
-    sums = pk.sum(3)
-    sums = jnp.cumsum(sums, axis=2) - sums
+    states = _exclusive_cumsum(states, axis=2)            # keys of earlier chunks only
+    sums = _exclusive_cumsum(pk.sum(3), axis=2)
     num = (jnp.einsum("bhgnqk,bhnkd->bhgnqd", scores, pv)
            + jnp.einsum("bhgnqf,bhnfd->bhgnqd", pq, states))
     den = scores.sum(-1) + jnp.einsum("bhgnqf,bhnf->bhgnq", pq, sums)
@@ -60,6 +59,15 @@ def _weighted_sum(phi_q, phi_k, value, s, causal, chunk):
   has_key = den > 0
   out = jnp.where(has_key[..., None], num / jnp.where(has_key, den, 1.0)[..., None], 0.0)
   return out.transpose(0, 3, 1, 2, 4).reshape(s.batch, s.q_len, s.heads, s.head_dim)
+
+
+def _exclusive_cumsum(x, axis):
+  """Sum of the entries before each one (shifting, not cumsum(x) - x, which
+  cancels badly when one chunk outweighs all before it)."""
+  shifted = jax.lax.slice_in_dim(x, 0, x.shape[axis] - 1, axis=axis)
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (1, 0)
+  return jnp.cumsum(jnp.pad(shifted, widths), axis=axis)
 
 
 def _grouped(query, s):
@@ -154,7 +162,6 @@ def performer(query, key, value, *, causal=False, kv_mask=None, num_features=256
     chunk_size: chunk length of the causal prefix sums.
   """
   s = common.check_inputs("performer", query, key, value, kv_mask)
-  common.positive_int("performer", "num_features", num_features)
   chunk = common.positive_int("performer", "chunk_size", chunk_size)
   w = performer_projection(s.head_dim, num_features, feature_key)
   x_scale = float(s.head_dim) ** -0.25

@@ -138,15 +138,17 @@ def strided(query, key, value, *, causal=False, kv_mask=None, stride=128):
   def by_residue(x, n):  # [B, L, ...] -> [B * stride, n, ...]
     x = common.pad_axis(x, 1, n * stride).reshape(x.shape[0], n, stride, *x.shape[2:])
     return jnp.moveaxis(x, 2, 1).reshape(x.shape[0] * stride, n, *x.shape[3:])
-  k_valid = jnp.ones((s.batch, s.k_len), bool) if kv_mask is None else kv_mask
+  k_valid = None
+  if kv_mask is not None or nk * stride != s.k_len:  # else every key is real: no mask work
+    k_valid = jnp.ones((s.batch, s.k_len), bool) if kv_mask is None else kv_mask
+    k_valid = by_residue(common.pad_axis(k_valid, 1, nk * stride, value=False), nk)
   out, lse = blockwise_lib.attention_with_lse(
       by_residue(query, nq), by_residue(key, nk), by_residue(value, nk), causal=causal,
-      kv_mask=by_residue(common.pad_axis(k_valid, 1, nk * stride, value=False), nk),
-      variant="strided")
+      kv_mask=k_valid, variant="strided", out_dtype=jnp.float32)
   def by_position(x):  # [B * stride, nq, ...] -> [B, Lq, ...]
     x = jnp.moveaxis(x.reshape(s.batch, stride, nq, *x.shape[2:]), 1, 2)
     return x.reshape(s.batch, nq * stride, *x.shape[3:])[:, :s.q_len]
-  out = by_position(out).astype(jnp.float32).reshape(
+  out = by_position(out).reshape(
       s.batch, s.q_len, s.kv_heads, s.groups, s.head_dim)
   lse = by_position(lse).reshape(s.batch, s.q_len, s.kv_heads, s.groups)
   column_partials = common.Partials(lse, jnp.isfinite(lse).astype(jnp.float32), out)
