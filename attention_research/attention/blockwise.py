@@ -160,8 +160,7 @@ def _per_head(fn, q, k, v, k_valid, *q_like):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
 def _flash(q, k, v, k_valid, causal, bq, bk, per_head):
-  out, lse = _flash_fwd(q, k, v, k_valid, causal, bq, bk, per_head)[0]
-  return out, lse
+  return _flash_fwd(q, k, v, k_valid, causal, bq, bk, per_head)[0]
 
 
 def _flash_fwd(q, k, v, k_valid, causal, bq, bk, per_head):

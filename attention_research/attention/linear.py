@@ -125,26 +125,30 @@ def performer_projection(head_dim, num_features, feature_key=None):
         f"array of shape {feature_key.shape} and dtype {feature_key.dtype}")
   blocks_key, norms_key = jax.random.split(feature_key)
   num_blocks = -(-num_features // head_dim)
-  q, r = jnp.linalg.qr(jax.random.normal(blocks_key, (num_blocks, head_dim, head_dim)))
-  q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
-  norms = jnp.linalg.norm(jax.random.normal(norms_key, (num_features, head_dim)), axis=1)
-  return _orthogonal_rows(q, num_features) * norms[:, None]
-
-
-def _orthogonal_rows(q, num_features):
-  """Blocks of orthonormal columns [n, D, D] -> the first num_features rows."""
-  num_blocks, head_dim, _ = q.shape
-  return q.swapaxes(1, 2).reshape(num_blocks * head_dim, head_dim)[:num_features]
+  return _orthogonal_features(jax.random.normal(blocks_key, (num_blocks, head_dim, head_dim)),
+                              jax.random.normal(norms_key, (num_features, head_dim)), jnp)
 
 
 @functools.lru_cache(maxsize=64)
 def _numpy_projection(head_dim, num_features, seed):
   rng = np.random.default_rng(seed)
   num_blocks = -(-num_features // head_dim)
-  q, r = np.linalg.qr(rng.standard_normal((num_blocks, head_dim, head_dim)))
-  q = q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
-  norms = np.linalg.norm(rng.standard_normal((num_features, head_dim)), axis=1)
-  return (_orthogonal_rows(q, num_features) * norms[:, None]).astype(np.float32)
+  return _orthogonal_features(rng.standard_normal((num_blocks, head_dim, head_dim)),
+                              rng.standard_normal((num_features, head_dim)), np).astype(np.float32)
+
+
+def _orthogonal_features(blocks, norm_draws, xp):
+  """W from Gaussian draws, in NumPy or jax.numpy (`xp`).
+
+  blocks: [n, D, D] Gaussian, made orthonormal by QR (R's diagonal made
+  positive: Haar-distributed); norm_draws: [m, D] Gaussian, whose row norms
+  rescale the m rows.
+  """
+  q, r = xp.linalg.qr(blocks)
+  q = q * xp.sign(xp.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
+  num_features, head_dim = norm_draws.shape
+  rows = q.swapaxes(1, 2).reshape(-1, head_dim)[:num_features]
+  return rows * xp.linalg.norm(norm_draws, axis=1)[:, None]
 
 
 def performer(query, key, value, *, causal=False, kv_mask=None, num_features=256,
