@@ -23,6 +23,7 @@ setup(
         "absl-py>=2.1.0",
         "chex>=0.1.90",
         "matplotlib>=3.9",
+        "tensorboardX>=2.6",
         "numpy>=1.26",
     ],
     extras_require={"test": ["pytest>=8.0"]},

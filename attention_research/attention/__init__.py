@@ -8,6 +8,12 @@ All variants share one contract (see DESIGN.md and `common.check_inputs`):
 query [B, Lq, H, D], key/value [B, Lk, Hkv, D], `causal`, `kv_mask` bool
 [B, Lk]; output [B, Lq, H, D] in the query's dtype, zeros for rows with no key.
 
+ALiBi (Press et al. 2022): dense, blockwise and local take `alibi_slopes`
+float [H], adding -slope[h] * |i - j| to each logit (top-left aligned; causal
+or not; blockwise and local build it tile by tile, never as Lq x Lk);
+`alibi_slopes(H)` gives the paper's slopes, and `"alibi_slopes" in
+variant(name).options` says whether a variant takes them.
+
 Adding a variant: write one file with the function, add one `register(...)`
 line below; the conformance tests, benchmark and models then pick it up by
 name. An exact variant also names its mask function (q_len, k_len, causal=,
@@ -22,6 +28,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from attention_research.attention import blockwise as _blockwise
+from attention_research.attention import common as _common
 from attention_research.attention import dense as _dense
 from attention_research.attention import linear as _linear
 from attention_research.attention import masks
@@ -86,8 +93,9 @@ def get(name) -> Callable:
   return variant(name).fn
 
 
-def _dense_mask(q_len, k_len, *, causal=False, mask=None):
+def _dense_mask(q_len, k_len, *, causal=False, mask=None, alibi_slopes=None):
   """dense's pattern; a `mask` is folded in when it is one [Lq, Lk] pattern."""
+  del alibi_slopes  # a bias hides no key
   full = masks.full_mask(q_len, k_len, causal=causal)
   if mask is None:
     return full
@@ -98,12 +106,21 @@ def _dense_mask(q_len, k_len, *, causal=False, mask=None):
   return full & np.broadcast_to(mask.reshape(mask.shape[-2:]), full.shape)
 
 
+def _ignoring_alibi(mask_fn):
+  """mask_fn, also taking the `alibi_slopes` option, which hides no key."""
+  @functools.wraps(mask_fn)
+  def mask(q_len, k_len, *, alibi_slopes=None, **options):
+    del alibi_slopes
+    return mask_fn(q_len, k_len, **options)
+  return mask
+
+
 # The functions are reached through get(name); module attributes named after
 # variants stay the submodules (dense.py, blockwise.py, ...).
 register("dense", _dense.dense, exact=True, mask=_dense_mask)
 register("blockwise", _blockwise.blockwise, exact=True,
          mask=lambda q_len, k_len, *, causal=False, **_: masks.full_mask(q_len, k_len, causal=causal))
-register("local", _sparse.local, exact=True, mask=masks.local_mask)
+register("local", _sparse.local, exact=True, mask=_ignoring_alibi(masks.local_mask))
 register("strided", _sparse.strided, exact=True, mask=masks.strided_mask)
 register("bigbird", _sparse.bigbird, exact=True, mask=masks.bigbird_mask)
 register("linear", _linear.linear, exact=False)
@@ -113,3 +130,4 @@ local_mask = masks.local_mask
 strided_mask = masks.strided_mask
 bigbird_mask = masks.bigbird_mask
 performer_projection = _linear.performer_projection
+alibi_slopes = _common.alibi_slopes

@@ -6,7 +6,9 @@ sum and output (Rabe and Staats 2021, "Self-attention does not need O(n^2)
 memory"; Dao et al. 2022, FlashAttention). The backward pass is a custom VJP
 that saves only the output and the per-row log-sum-exp and recomputes each
 block's probabilities, so neither pass ever holds an Lq x Lk matrix. With
-`causal=True` the key blocks above the diagonal are never visited.
+`causal=True` the key blocks above the diagonal are never visited. An ALiBi
+bias (Press et al. 2022) is built per [block_q, block_k] tile from the tile's
+positions, in both passes, so it keeps that memory bound too.
 """
 
 import functools
@@ -18,7 +20,7 @@ from attention_research.attention import common
 
 
 def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=512, block_k=512,
-              sequential_heads=None):
+              sequential_heads=None, alibi_slopes=None):
   """Exact softmax attention computed block by block.
 
   Args:
@@ -31,25 +33,35 @@ def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=512, blo
       instead of all heads in each block step. None: True on CPU, where a
       512 x 512 float32 block (1 MiB) then stays in L2 and runs about 1.5x
       faster; False elsewhere, where the heads are parallel work.
+    alibi_slopes: None (no bias) or float [H], one slope per query head: the
+      logit of query i, key j in head h gets -alibi_slopes[h] * |i - j|
+      (ALiBi), positions top-left aligned (i in [0, Lq), j in [0, Lk)). Under
+      `causal` that is the paper's -slope * (i - j); without it the distance
+      is symmetric, as in bidirectional uses of ALiBi. A constant: no gradient
+      flows into it. `attention.alibi_slopes(H)` gives the paper's slopes.
 
   Returns:
     [B, Lq, H, D] in query's dtype; rows with no allowed key are zero.
   """
   return attention_with_lse(query, key, value, causal=causal, kv_mask=kv_mask,
                             block_q=block_q, block_k=block_k, sequential_heads=sequential_heads,
-                            variant="blockwise")[0]
+                            alibi_slopes=alibi_slopes, variant="blockwise")[0]
 
 
 def attention_with_lse(query, key, value, *, causal=False, kv_mask=None, block_q=512,
-                       block_k=512, sequential_heads=None, variant="blockwise", out_dtype=None):
+                       block_k=512, sequential_heads=None, alibi_slopes=None, variant="blockwise",
+                       out_dtype=None):
   """`blockwise`, also returning the log-sum-exp of each row's logits.
 
   Returns (out [B, Lq, H, D], lse [B, Lq, H] float32, -inf for a row with no
   key); both are differentiable, so callers can merge this attention with
   attention over other keys (the strided variant does, with out_dtype=float32
-  so that bfloat16 outputs are rounded once, after the merge).
+  so that bfloat16 outputs are rounded once, after the merge). With
+  `alibi_slopes` the logits include the ALiBi bias (positions top-left aligned
+  within this call's query and key), and so does the lse.
   """
   s = common.check_inputs(variant, query, key, value, kv_mask)
+  slopes = common.check_alibi_slopes(variant, alibi_slopes, s.heads)
   bq = min(common.positive_int(variant, "block_q", block_q), s.q_len)
   bk = min(common.positive_int(variant, "block_k", block_k), s.k_len)
   lq_pad, lk_pad = common.round_up(s.q_len, bq), common.round_up(s.k_len, bk)
@@ -70,8 +82,11 @@ def attention_with_lse(query, key, value, *, causal=False, kv_mask=None, block_q
   else:
     k_valid = jnp.ones((s.batch, s.k_len), bool) if kv_mask is None else kv_mask
     k_valid = common.pad_axis(k_valid, 1, lk_pad, value=False)
+  if slopes is not None:  # laid out like q's leading axes, so _per_head can pick them too
+    slopes = jnp.broadcast_to(slopes.reshape(1, s.kv_heads, s.groups),
+                              (s.batch, s.kv_heads, s.groups))
 
-  out, lse = _flash(q, k, v, k_valid, causal, bq, bk, sequential_heads)
+  out, lse = _flash(q, k, v, k_valid, slopes, causal, bq, bk, sequential_heads)
   out = out[:, :, :, :s.q_len].transpose(0, 3, 1, 2, 4)
   out = out.reshape(s.batch, s.q_len, s.heads, s.head_dim).astype(out_dtype or query.dtype)
   lse = lse[:, :, :, :s.q_len].transpose(0, 3, 1, 2).reshape(s.batch, s.q_len, s.heads)
@@ -91,6 +106,19 @@ def _block_mask(k_valid, causal, qi, kj, bq, bk):
   return mask
 
 
+def _block_logits(q_blk, k_blk, k_valid, slopes, causal, qi, kj, bq, bk):
+  """Logits of one [bq, bk] tile, biased and masked (-inf where not allowed)."""
+  logits = jnp.einsum("bhgqd,bhkd->bhgqk", q_blk, k_blk, preferred_element_type=jnp.float32)
+  if slopes is not None:
+    q_pos = qi * bq + jnp.arange(bq)
+    k_pos = kj * bk + jnp.arange(bk)
+    logits = logits + common.alibi_bias(slopes[..., None, None], q_pos[:, None], k_pos[None, :])
+  mask = _block_mask(k_valid, causal, qi, kj, bq, bk)
+  if mask is not None:
+    logits = jnp.where(mask, logits, -jnp.inf)
+  return logits
+
+
 def _num_key_blocks(qi, causal, bq, bk, nk):
   """Key blocks query block qi needs: all, or those up to the diagonal."""
   if not causal:
@@ -98,7 +126,7 @@ def _num_key_blocks(qi, causal, bq, bk, nk):
   return jnp.minimum(nk, ((qi + 1) * bq + bk - 1) // bk)
 
 
-def _forward(q, k, v, k_valid, causal, bq, bk):
+def _forward(q, k, v, k_valid, slopes, causal, bq, bk):
   """Returns out [B, Hkv, G, Lq, D] (float32) and lse [B, Hkv, G, Lq]."""
   b, hkv, g, lq, d = q.shape
   nk = k.shape[2] // bk
@@ -110,10 +138,7 @@ def _forward(q, k, v, k_valid, causal, bq, bk):
       m, l, acc = carry
       k_blk = jax.lax.dynamic_slice_in_dim(k, kj * bk, bk, axis=2)
       v_blk = jax.lax.dynamic_slice_in_dim(v, kj * bk, bk, axis=2)
-      logits = jnp.einsum("bhgqd,bhkd->bhgqk", q_blk, k_blk, preferred_element_type=jnp.float32)
-      mask = _block_mask(k_valid, causal, qi, kj, bq, bk)
-      if mask is not None:
-        logits = jnp.where(mask, logits, -jnp.inf)
+      logits = _block_logits(q_blk, k_blk, k_valid, slopes, causal, qi, kj, bq, bk)
       m_new = jnp.maximum(m, logits.max(-1))
       safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
       p = jnp.exp(logits - safe[..., None])
@@ -138,12 +163,12 @@ def _forward(q, k, v, k_valid, causal, bq, bk):
   return out, lse
 
 
-def _per_head(fn, q, k, v, k_valid, *q_like):
+def _per_head(fn, q, k, v, k_valid, slopes, *q_like):
   """Runs fn on one query head at a time (lax.map), returning stacked results.
 
-  fn takes the usual [b, hkv, g, L, ...] layout with b = hkv = g = 1; q_like
-  are extra arrays laid out like q's leading axes. Results come back as
-  [B * Hkv * G, ...] in (b, kv head, group) order.
+  fn takes the usual [b, hkv, g, L, ...] layout with b = hkv = g = 1; slopes
+  (or None) and q_like are extra arrays laid out like q's leading axes.
+  Results come back as [B * Hkv * G, ...] in (b, kv head, group) order.
   """
   b, hkv, g = q.shape[:3]
 
@@ -153,45 +178,48 @@ def _per_head(fn, q, k, v, k_valid, *q_like):
         jax.lax.dynamic_index_in_dim(jax.lax.dynamic_index_in_dim(x, bi, 0), hi, 1), gi, 2)
     pick_kv = lambda x: jax.lax.dynamic_index_in_dim(jax.lax.dynamic_index_in_dim(x, bi, 0), hi, 1)
     valid = None if k_valid is None else jax.lax.dynamic_index_in_dim(k_valid, bi, 0)
-    return fn(pick_q(q), pick_kv(k), pick_kv(v), valid, *(pick_q(x) for x in q_like))
+    slope = None if slopes is None else pick_q(slopes)
+    return fn(pick_q(q), pick_kv(k), pick_kv(v), valid, slope, *(pick_q(x) for x in q_like))
 
   return jax.lax.map(one, jnp.arange(b * hkv * g))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _flash(q, k, v, k_valid, causal, bq, bk, per_head):
-  return _flash_fwd(q, k, v, k_valid, causal, bq, bk, per_head)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _flash(q, k, v, k_valid, slopes, causal, bq, bk, per_head):
+  return _flash_fwd(q, k, v, k_valid, slopes, causal, bq, bk, per_head)[0]
 
 
-def _flash_fwd(q, k, v, k_valid, causal, bq, bk, per_head):
+def _flash_fwd(q, k, v, k_valid, slopes, causal, bq, bk, per_head):
   forward = lambda *a: _forward(*a, causal, bq, bk)
   if per_head:
-    out, lse = _per_head(forward, q, k, v, k_valid)
+    out, lse = _per_head(forward, q, k, v, k_valid, slopes)
     out, lse = out.reshape(q.shape), lse.reshape(q.shape[:-1])
   else:
-    out, lse = forward(q, k, v, k_valid)
+    out, lse = forward(q, k, v, k_valid, slopes)
   # float32 out: the caller rounds once (strided merges it with its band first).
-  return (out, lse), (q, k, v, k_valid, out, lse)
+  return (out, lse), (q, k, v, k_valid, slopes, out, lse)
 
 
 def _flash_bwd(causal, bq, bk, per_head, residuals, cotangents):
-  q, k, v, k_valid, out, lse = residuals
+  q, k, v, k_valid, slopes, out, lse = residuals
   d_out, d_lse = cotangents
   backward = lambda *a: _backward(*a, causal, bq, bk)
   if per_head:
-    dq, dk, dv = _per_head(backward, q, k, v, k_valid, out, lse, d_out, d_lse)
+    dq, dk, dv = _per_head(backward, q, k, v, k_valid, slopes, out, lse, d_out, d_lse)
     b, hkv, g = q.shape[:3]
     dq = dq.reshape(q.shape)
     dk, dv = (x.reshape(b, hkv, g, *k.shape[2:]).sum(2) for x in (dk, dv))  # GQA: sum the group
   else:
-    dq, dk, dv = backward(q, k, v, k_valid, out, lse, d_out, d_lse)
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+    dq, dk, dv = backward(q, k, v, k_valid, slopes, out, lse, d_out, d_lse)
+  # The slopes are a stop_gradient constant (see attention_with_lse): zero cotangent.
+  d_slopes = None if slopes is None else jnp.zeros_like(slopes)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, d_slopes
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def _backward(q, k, v, k_valid, out, lse, d_out, d_lse, causal, bq, bk):
+def _backward(q, k, v, k_valid, slopes, out, lse, d_out, d_lse, causal, bq, bk):
   """(dq, dk, dv) in float32, streaming key blocks (outer) and query blocks."""
   b, hkv, g, lq, d = q.shape
   nq, nk = lq // bq, k.shape[2] // bk
@@ -212,10 +240,7 @@ def _backward(q, k, v, k_valid, out, lse, d_out, d_lse, causal, bq, bk):
       do_blk = jax.lax.dynamic_slice_in_dim(d_out, qi * bq, bq, axis=3)
       lse_blk = jax.lax.dynamic_slice_in_dim(lse, qi * bq, bq, axis=3)
       delta_blk = jax.lax.dynamic_slice_in_dim(delta, qi * bq, bq, axis=3)
-      logits = jnp.einsum("bhgqd,bhkd->bhgqk", q_blk, k_blk, preferred_element_type=jnp.float32)
-      mask = _block_mask(k_valid, causal, qi, kj, bq, bk)
-      if mask is not None:
-        logits = jnp.where(mask, logits, -jnp.inf)
+      logits = _block_logits(q_blk, k_blk, k_valid, slopes, causal, qi, kj, bq, bk)
       p = jnp.exp(logits - lse_blk[..., None])
       dv_blk += jnp.einsum("bhgqk,bhgqd->bhkd", p.astype(d_out.dtype), do_blk,
                            preferred_element_type=jnp.float32)

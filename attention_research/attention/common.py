@@ -11,6 +11,10 @@ as *partials* (m, l, acc): the row max of its logits, the sum of exp(logit - m)
 and the exp-weighted sum of values. Partials of disjoint key sets merge
 exactly, and `finalize` turns them into the output, giving zeros for a query
 row that had no key at all.
+
+ALiBi (Press et al. 2022, "Train Short, Test Long") is an additive logit bias
+-slope[h] * |i - j|; `alibi_slopes` gives the paper's slopes, and
+`check_alibi_slopes` / `alibi_bias` are what the variants that take it share.
 """
 
 from typing import NamedTuple
@@ -99,6 +103,55 @@ def pad_axis(x, axis: int, new_size: int, value=0):
   widths = [(0, 0)] * x.ndim
   widths[axis] = (0, extra)
   return jnp.pad(x, widths, constant_values=value)
+
+
+def alibi_slopes(num_heads) -> np.ndarray:
+  """The ALiBi head slopes of Press et al. 2022 as float32 [num_heads].
+
+  For n a power of two: the geometric sequence 2^(-8/n), 2^(-16/n), ...,
+  2^(-8). Otherwise, as in the paper's reference code: the slopes for the
+  largest power of two p < n, then every other slope for 2p starting with its
+  first (2^(-4/p), 2^(-12/p), ..., the ones between the first p) up to n.
+  """
+  num_heads = positive_int("alibi_slopes", "num_heads", num_heads)
+  power = 1 << (num_heads.bit_length() - 1)  # largest power of two <= num_heads
+
+  def geometric(n):  # in float64, rounded to float32 once
+    return 2.0 ** (-8.0 * np.arange(1, n + 1) / n)
+  slopes = geometric(power)
+  if power < num_heads:
+    slopes = np.concatenate([slopes, geometric(2 * power)[0::2][:num_heads - power]])
+  return slopes.astype(np.float32)
+
+
+def check_alibi_slopes(variant, slopes, heads):
+  """None, or the slopes as a float32 [heads] constant (no gradient flows into it).
+
+  Accepts NumPy or jax arrays (traced ones too); checks shape and dtype only,
+  so it never needs the values.
+  """
+  if slopes is None:
+    return None
+  if not hasattr(slopes, "shape"):
+    slopes = np.asarray(slopes)
+  if tuple(slopes.shape) != (heads,):
+    raise ValueError(
+        f"{variant}: `alibi_slopes` must have shape [heads] = {(heads,)} (one slope per "
+        f"query head), got {tuple(slopes.shape)}")
+  if not jnp.issubdtype(slopes.dtype, jnp.floating):
+    raise ValueError(f"{variant}: `alibi_slopes` must be a floating array, got {slopes.dtype}")
+  # A positional constant, not a parameter (blockwise's custom VJP gives it a zero cotangent).
+  return jax.lax.stop_gradient(jnp.asarray(slopes, jnp.float32))
+
+
+def alibi_bias(slopes, q_pos, k_pos):
+  """-slopes * |q_pos - k_pos| in float32, for one tile of positions.
+
+  q_pos and k_pos are integer positions that broadcast to the tile; slopes is
+  shaped by the caller to broadcast against it (heads on the logits' axes).
+  """
+  distance = jnp.abs(q_pos - k_pos).astype(jnp.float32)
+  return -slopes * distance
 
 
 class Partials(NamedTuple):

@@ -1,5 +1,6 @@
 """Dense softmax attention (Vaswani et al. 2017): the reference every exact
-variant is measured against. O(Lq * Lk) time and memory.
+variant is measured against. O(Lq * Lk) time and memory. Optionally with the
+ALiBi bias of Press et al. 2022 ("Train Short, Test Long").
 """
 
 import jax.numpy as jnp
@@ -7,8 +8,8 @@ import jax.numpy as jnp
 from attention_research.attention import common
 
 
-def dense(query, key, value, *, causal=False, kv_mask=None, mask=None):
-  """softmax(q k^T / sqrt(D)) v with float32 logits and accumulation.
+def dense(query, key, value, *, causal=False, kv_mask=None, mask=None, alibi_slopes=None):
+  """softmax(q k^T / sqrt(D) + bias) v with float32 logits and accumulation.
 
   Args:
     query: [B, Lq, H, D].
@@ -18,11 +19,18 @@ def dense(query, key, value, *, causal=False, kv_mask=None, mask=None):
     kv_mask: bool [B, Lk], True where the key is a real token.
     mask: bool, broadcastable to [B, H, Lq, Lk]; True where attention is
       allowed. Combined with `causal` and `kv_mask` by AND.
+    alibi_slopes: None (no bias) or float [H], one slope per query head: the
+      logit of query i, key j in head h gets -alibi_slopes[h] * |i - j|
+      (ALiBi), positions top-left aligned (i in [0, Lq), j in [0, Lk)). Under
+      `causal` that is the paper's -slope * (i - j); without it the distance
+      is symmetric, as in bidirectional uses of ALiBi. A constant: no gradient
+      flows into it. `attention.alibi_slopes(H)` gives the paper's slopes.
 
   Returns:
     [B, Lq, H, D] in query's dtype; rows with no allowed key are zero.
   """
   s = common.check_inputs("dense", query, key, value, kv_mask)
+  slopes = common.check_alibi_slopes("dense", alibi_slopes, s.heads)
   allowed = jnp.ones((1, 1, 1, 1), bool)  # [B, H, Lq, Lk] after broadcasting
   if mask is not None:
     mask = jnp.asarray(mask)
@@ -44,6 +52,9 @@ def dense(query, key, value, *, causal=False, kv_mask=None, mask=None):
   q = query.reshape(s.batch, s.q_len, s.kv_heads, s.groups, s.head_dim)
   logits = jnp.einsum("bqhgd,bkhd->bhgqk", q, key, preferred_element_type=jnp.float32)
   logits = logits * common.default_scale(s.head_dim)
+  if slopes is not None:
+    logits = logits + common.alibi_bias(slopes.reshape(s.kv_heads, s.groups, 1, 1),
+                                        jnp.arange(s.q_len)[:, None], jnp.arange(s.k_len))
   m, p = common.masked_softmax_terms(logits, allowed)
   acc = jnp.einsum("bhgqk,bkhd->bhgqd", p.astype(value.dtype), value,
                    preferred_element_type=jnp.float32)

@@ -1,6 +1,7 @@
 """Sparse attention that computes only the keys its pattern allows.
 
-- `local`: a sliding window (Beltagy et al. 2020's Longformer band).
+- `local`: a sliding window (Beltagy et al. 2020's Longformer band),
+  optionally with the ALiBi bias of Press et al. 2022, built per block.
 - `strided`: Sparse Transformer's strided pattern (Child et al. 2019).
 - `bigbird`: window + global + random blocks (Zaheer et al. 2020).
 
@@ -20,7 +21,8 @@ from attention_research.attention import dense as dense_lib
 from attention_research.attention import masks
 
 
-def _gathered_partials(query, key, value, kv_mask, s, *, block, table, allowed, first_block=0):
+def _gathered_partials(query, key, value, kv_mask, s, *, block, table, allowed, first_block=0,
+                       slopes=None):
   """Softmax partials of query blocks over the key blocks a table names.
 
   Args:
@@ -31,6 +33,8 @@ def _gathered_partials(query, key, value, kv_mask, s, *, block, table, allowed, 
     s: the call's `common.Shapes`.
     table: int NumPy [n, slots], key block indices per query block, -1 = none.
     allowed: predicate(i, j) on absolute positions, broadcasting.
+    slopes: None, or float32 [H] ALiBi slopes: adds -slopes[h] * |i - j| to
+      each gathered [block, slots * block] tile's logits.
 
   Returns:
     `common.Partials` with m, l [B, rows, Hkv, G] and acc [B, rows, Hkv, G, D].
@@ -58,6 +62,9 @@ def _gathered_partials(query, key, value, kv_mask, s, *, block, table, allowed, 
     mask = mask & valid[:, :, None, None, None, :]
 
   logits = jnp.einsum("bnqhgd,bnkhd->bnhgqk", q, k, preferred_element_type=jnp.float32)
+  if slopes is not None:  # [n, Hkv, G, block, K]: the heads between the block axes
+    logits = logits + common.alibi_bias(slopes.reshape(s.kv_heads, s.groups, 1, 1),
+                                        q_pos[:, None, None], k_pos[:, None, None])
   m, p = common.masked_softmax_terms(logits, mask)
   acc = jnp.einsum("bnhgqk,bnkhd->bnhgqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
 
@@ -83,7 +90,8 @@ def _default_block(reach):
   return min(128, common.round_up(max(reach, 1), 16))
 
 
-def local(query, key, value, *, causal=False, kv_mask=None, window=128, block_size=None):
+def local(query, key, value, *, causal=False, kv_mask=None, window=128, block_size=None,
+          alibi_slopes=None):
   """Exact sliding-window attention: query i sees key j iff |i - j| <= window
   (causal: 0 <= i - j <= window).
 
@@ -94,8 +102,15 @@ def local(query, key, value, *, causal=False, kv_mask=None, window=128, block_si
     window: keys on each side a query sees (>= 0).
     block_size: query/key block length; default: window rounded up to a
       multiple of 16, at most 128.
+    alibi_slopes: None (no bias) or float [H], one slope per query head: the
+      logit of query i, key j in head h gets -alibi_slopes[h] * |i - j|
+      (ALiBi), positions top-left aligned (i in [0, Lq), j in [0, Lk)). Under
+      `causal` that is the paper's -slope * (i - j); without it the distance
+      is symmetric, as in bidirectional uses of ALiBi. A constant: no gradient
+      flows into it. `attention.alibi_slopes(H)` gives the paper's slopes.
   """
   s = common.check_inputs("local", query, key, value, kv_mask)
+  slopes = common.check_alibi_slopes("local", alibi_slopes, s.heads)
   window = common.non_negative_int("local", "window", window)
   block = _default_block(window) if block_size is None else common.positive_int(
       "local", "block_size", block_size)
@@ -103,7 +118,7 @@ def local(query, key, value, *, causal=False, kv_mask=None, window=128, block_si
   table = _band_table(nq, nk, -(-window // block), causal)
   allowed = lambda i, j: masks.local_allowed(i, j, window=window, causal=causal)
   partials = _gathered_partials(query, key, value, kv_mask, s, block=block, table=table,
-                                allowed=allowed)
+                                allowed=allowed, slopes=slopes)
   return _output(partials, s, query.dtype)
 
 

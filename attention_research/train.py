@@ -1,0 +1,349 @@
+"""The trainer: `train_and_evaluate(config, workdir)`, one flat function.
+
+Read it top to bottom: validate the config, build the mesh, the data, the
+model and the optimizer, restore or initialise the state, then loop (train
+step, logs, evals, checkpoints) and write the result. In the style of
+big_vision's train.py: no Trainer class, no callbacks; the state is a plain
+dict; the names of tasks, models and attention variants are looked up in
+their registries.
+
+What lands in `workdir`:
+  config.json        the config this run used
+  metrics.jsonl      one JSON object per logged step (and one per eval)
+  events.out.*       TensorBoard event files (written without TensorFlow)
+  checkpoints/       orbax checkpoints: train state + data iterator + clock
+  result.json        on exit: status completed | diverged | failed, final eval,
+                     parameter count, FLOPs per token, wall time, ...
+
+A killed run resumes from its last complete checkpoint when started again
+with the same workdir; on CPU it then ends with bit-identical eval metrics
+(the data iterator, the step counter and hence every dropout key are part of
+the checkpoint).
+"""
+
+import functools
+import json
+import math
+import os
+import time
+import traceback
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tensorboardX
+
+from attention_research import data
+from attention_research import models
+
+SCHEDULES = ("cosine", "rsqrt", "constant")
+
+
+def validate_config(config, num_devices):
+  """Every config error as a ValueError naming the field, before any compile."""
+  if config.task not in data.names():
+    raise ValueError(f"config.task: unknown task {config.task!r}; allowed: {data.names()}")
+  data.vocab_size(config.task, config.task_options.to_dict())  # validates task_options
+  models.validate_config(config)
+  if config.schedule not in SCHEDULES:
+    raise ValueError(f"config.schedule: unknown schedule {config.schedule!r}; "
+                     f"allowed: {list(SCHEDULES)}")
+  for field in ("total_steps", "batch_size", "eval_every", "checkpoint_every", "log_every",
+                "keep_checkpoints"):
+    if not isinstance(config[field], int) or config[field] < 1:
+      raise ValueError(f"config.{field} must be a positive integer, got {config[field]!r}")
+  for field in ("learning_rate", "warmup_steps", "weight_decay", "grad_clip"):
+    if config[field] is not None and not config[field] >= 0:
+      raise ValueError(f"config.{field} must be >= 0 (grad_clip: 0 or None turns clipping "
+                       f"off), got {config[field]!r}")
+  if config.batch_size % num_devices:
+    raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the number "
+                     f"of devices ({num_devices}); allowed: multiples of {num_devices}")
+  if config.num_eval_batches is not None and config.num_eval_batches < 1:
+    raise ValueError(f"config.num_eval_batches must be None (the whole split) or a positive "
+                     f"integer, got {config.num_eval_batches!r}")
+
+
+def learning_rate_schedule(config):
+  """Linear warmup to config.learning_rate, then cosine to 0, rsqrt, or constant."""
+  peak, warmup, total = config.learning_rate, config.warmup_steps, config.total_steps
+  warm = lambda step: peak * jnp.minimum(1.0, (step + 1) / max(warmup, 1))
+  if config.schedule == "cosine":
+    def decay(step):
+      progress = jnp.clip((step - warmup) / max(total - warmup, 1), 0.0, 1.0)
+      return 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+  elif config.schedule == "rsqrt":
+    decay = lambda step: jnp.sqrt(max(warmup, 1) / jnp.maximum(step + 1, max(warmup, 1)))
+  else:
+    decay = lambda step: 1.0
+  return lambda step: warm(step) * decay(step)
+
+
+def make_optimizer(config, schedule):
+  """AdamW with global-norm clipping; decay only on matrices (not biases, norms)."""
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  return optax.chain(
+      optax.clip_by_global_norm(config.grad_clip) if config.grad_clip else optax.identity(),
+      optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=1e-8,
+                  weight_decay=config.weight_decay, mask=decay_mask))
+
+
+def loss_and_metrics(logits, batch, kind):
+  """Summed cross-entropy, correct predictions and count over real targets."""
+  if kind == "classification":
+    weights = batch["example_mask"].astype(jnp.float32)
+  else:
+    weights = (batch["target_mask"] & batch["example_mask"][:, None]).astype(jnp.float32)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+  correct = (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32)
+  return {"loss": jnp.sum(losses * weights), "correct": jnp.sum(correct * weights),
+          "count": jnp.sum(weights)}
+
+
+def _write_json(path, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)  # never a half-written result
+
+
+def _truncate_metrics(path, last_step):
+  """Drops log lines past the restored step: they will be written again."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+  with open(path, "w") as f:
+    f.writelines(kept)
+
+
+def train_and_evaluate(config, workdir):
+  """Trains and evaluates the model `config` describes; returns result.json's dict."""
+  start_time = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  result_path = os.path.join(workdir, "result.json")
+  is_main = jax.process_index() == 0
+  result = {"status": "failed", "workdir": workdir}
+  try:
+    result = _train(config, workdir, start_time, result)
+  except Exception as e:  # recorded, then re-raised: a failed trial is never lost
+    result.update(status="failed", error=f"{type(e).__name__}: {e}",
+                  traceback=traceback.format_exc(), wall_time_s=time.time() - start_time)
+    if is_main:
+      _write_json(result_path, result)
+    raise
+  if is_main:
+    _write_json(result_path, result)
+  return result
+
+
+def _train(config, workdir, start_time, result):
+  # ---------------------------------------------------------------- config
+  # Validate first: a bad field should cost a second, not a compile.
+  devices = jax.devices()
+  validate_config(config, len(devices))
+  task = data.get_task(config.task)
+  task_options = config.task_options.to_dict()
+  vocab_size = data.vocab_size(config.task, task_options)
+  num_classes = data.num_classes(config.task, task_options)
+  is_main = jax.process_index() == 0
+  if is_main:
+    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+
+  # ------------------------------------------------------------------ mesh
+  # One data axis over every device of every process; the batch is split
+  # along it and the parameters are replicated.
+  mesh = jax.make_mesh((len(devices),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+  # ------------------------------------------------------------------ data
+  data_dir = os.path.expanduser(config.data_dir) if config.data_dir else None
+  data.prepare(config.task, task_options, data_dir)
+  train_iter = data.train_iterator(config.task, task_options, data_dir=data_dir,
+                                   global_batch_size=config.batch_size, max_len=config.max_len,
+                                   seed=config.seed)
+
+  def eval_batches():
+    batches = data.eval_batches(config.task, task_options, data_dir=data_dir,
+                                global_batch_size=config.batch_size, max_len=config.max_len)
+    for i, batch in enumerate(batches):
+      if config.num_eval_batches is not None and i >= config.num_eval_batches:
+        break
+      yield batch
+
+  def to_global(batch):  # each process holds its rows of the global batch
+    return {k: jax.make_array_from_process_local_data(batch_sharding, v)
+            for k, v in batch.items()}
+
+  # ------------------------------------------------------- model, optimizer
+  model = models.build(config, vocab_size=vocab_size, num_classes=num_classes)
+  schedule = learning_rate_schedule(config)
+  optimizer = make_optimizer(config, schedule)
+  root_key = jax.random.key(config.seed)
+  init_key, dropout_root = jax.random.split(root_key)
+  example = next(iter(eval_batches()))
+
+  def init_state():
+    params = model.init(init_key, jnp.asarray(example["inputs"]),
+                        jnp.asarray(example["input_mask"]), train=False)["params"]
+    return {"params": params, "opt_state": optimizer.init(params),
+            "step": jnp.zeros((), jnp.int32)}
+
+  abstract_state = jax.eval_shape(init_state)
+  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+  num_params = models.num_params(abstract_state["params"])
+  flops_per_token = models.flops_per_token(config, config.max_len, vocab_size=vocab_size,
+                                           num_classes=num_classes)
+  result.update(num_params=num_params, flops_per_token=flops_per_token)
+  logging.info("model %s, attention %s: %d parameters, %.3g forward FLOPs per token",
+               config.model, config.attention, num_params, flops_per_token)
+
+  # ----------------------------------------------------------- update step
+  @functools.partial(jax.jit, donate_argnums=0, out_shardings=(state_sharding, replicated))
+  def train_step(state, batch):
+    dropout_key = jax.random.fold_in(dropout_root, state["step"])
+
+    def loss_fn(params):
+      logits = model.apply({"params": params}, batch["inputs"], batch["input_mask"],
+                           train=True, rngs={"dropout": dropout_key})
+      sums = loss_and_metrics(logits, batch, task.kind)
+      return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
+
+    grads, sums = jax.grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": sums["loss"] / jnp.maximum(sums["count"], 1.0),
+               "accuracy": sums["correct"] / jnp.maximum(sums["count"], 1.0),
+               "grad_norm": optax.tree.norm(grads),
+               "learning_rate": schedule(state["step"])}
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+  @functools.partial(jax.jit, out_shardings=replicated)
+  def eval_step(params, batch):
+    logits = model.apply({"params": params}, batch["inputs"], batch["input_mask"], train=False)
+    return loss_and_metrics(logits, batch, task.kind)
+
+  def evaluate(params):
+    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    for batch in eval_batches():
+      sums = jax.device_get(eval_step(params, to_global(batch)))
+      for k in totals:
+        totals[k] += float(sums[k])
+    count = max(totals["count"], 1.0)
+    return {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count,
+            "num_targets": int(totals["count"])}
+
+  # ------------------------------------------------------------ checkpoint
+  # Restore if a complete checkpoint exists; orbax writes each one to a
+  # temporary directory and renames it when complete, so a kill during a
+  # save leaves the previous one as the latest.
+  manager = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
+                                           cleanup_tmp_directories=True,
+                                           enable_async_checkpointing=False),
+      item_names=("state", "progress"))
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  previous_wall_time = 0.0
+  if manager.latest_step() is not None:
+    restored_step = manager.latest_step()
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract_state, state_sharding)
+    restored = manager.restore(restored_step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+    state = restored["state"]
+    train_iter.set_state(restored["progress"]["data_iterator"])
+    previous_wall_time = restored["progress"]["wall_time_s"]
+    logging.info("resumed from the checkpoint at step %d", restored_step)
+  else:
+    state = jax.jit(init_state, out_shardings=state_sharding)()
+  first_step = int(state["step"])
+  if is_main:  # lines a killed run logged past its last checkpoint come again
+    _truncate_metrics(metrics_path, first_step)
+
+  def save_checkpoint(step):
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        progress=ocp.args.JsonSave({
+            "data_iterator": train_iter.get_state(),
+            "wall_time_s": previous_wall_time + time.time() - start_time})))
+    manager.wait_until_finished()
+
+  # ------------------------------------------------------------------ loop
+  writer = tensorboardX.SummaryWriter(workdir) if is_main else None
+  metrics_file = open(metrics_path, "a") if is_main else None
+
+  def log(step, record, prefix):
+    if not is_main:
+      return
+    metrics_file.write(json.dumps({"step": step, **record}) + "\n")
+    metrics_file.flush()
+    for name, value in record.items():
+      if isinstance(value, (int, float)) and math.isfinite(value):
+        writer.add_scalar(f"{prefix}/{name}", value, step)
+    writer.flush()
+
+  tokens_per_step = config.batch_size * config.max_len
+  pending = []  # device metrics since the last log; fetched together
+  last_log_time, last_log_step = time.time(), first_step
+  diverged_step = None
+  logging.info("training from step %d to %d", first_step, config.total_steps)
+  for step in range(first_step + 1, config.total_steps + 1):
+    state, metrics = train_step(state, to_global(next(train_iter)))
+    pending.append(metrics)
+
+    checkpoint_due = step % config.checkpoint_every == 0 or step == config.total_steps
+    if step % config.log_every == 0 or checkpoint_due or step == config.total_steps:
+      fetched = jax.device_get(pending)
+      bad = [i for i, m in enumerate(fetched) if not math.isfinite(float(m["loss"]))]
+      if bad:
+        diverged_step = step - len(fetched) + bad[0] + 1
+        logging.error("loss is %s at step %d: stopping (diverged)",
+                      fetched[bad[0]]["loss"], diverged_step)
+        break
+      now = time.time()
+      steps_per_s = (step - last_log_step) / max(now - last_log_time, 1e-9)
+      record = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "accuracy")}
+      record.update(grad_norm=float(fetched[-1]["grad_norm"]),
+                    learning_rate=float(fetched[-1]["learning_rate"]),
+                    steps_per_s=steps_per_s, tokens_per_s=steps_per_s * tokens_per_step)
+      log(step, record, "train")
+      eta = (config.total_steps - step) / max(steps_per_s, 1e-9)
+      logging.info("step %d/%d: loss %.4f, acc %.4f, %.2f steps/s, %.0f tokens/s, ETA %s",
+                   step, config.total_steps, record["loss"], record["accuracy"], steps_per_s,
+                   record["tokens_per_s"], time.strftime("%H:%M:%S", time.gmtime(eta)))
+      pending, last_log_time, last_log_step = [], now, step
+
+    if step % config.eval_every == 0 and step != config.total_steps:
+      eval_metrics = evaluate(state["params"])
+      log(step, {f"eval_{k}": v for k, v in eval_metrics.items()}, "eval")
+      logging.info("step %d eval: loss %.4f, accuracy %.4f", step, eval_metrics["loss"],
+                   eval_metrics["accuracy"])
+      last_log_time = time.time()  # evals do not count against steps/s
+
+    if checkpoint_due:
+      save_checkpoint(step)
+      last_log_time = time.time()
+
+  # ----------------------------------------------------------------- final
+  wall_time = previous_wall_time + time.time() - start_time
+  if diverged_step is not None:
+    result.update(status="diverged", diverged_step=diverged_step, wall_time_s=wall_time,
+                  error=f"non-finite loss at step {diverged_step}")
+  else:
+    final_eval = evaluate(state["params"])
+    log(config.total_steps, {f"eval_{k}": v for k, v in final_eval.items()}, "eval")
+    logging.info("final eval: loss %.4f, accuracy %.4f", final_eval["loss"],
+                 final_eval["accuracy"])
+    result.update(status="completed", final_eval=final_eval, steps=config.total_steps,
+                  wall_time_s=wall_time, resumed_from_step=first_step or None)
+  manager.close()
+  if is_main:
+    metrics_file.close()
+    writer.close()
+  return result

@@ -1,0 +1,90 @@
+"""What every config shares: the argument parser and the base config.
+
+A config file is `get_config(arg)`, where `arg` is the text after the colon
+in `--config=configs/tasks/mqar.py:scale=cpu,attention=local`. Fields are
+then overridable one by one with `--config.<field>=<value>`.
+"""
+
+from ml_collections import config_dict
+
+
+def parse_arg(arg, **defaults):
+  """'key=value,...' -> ConfigDict over exactly `defaults`' keys, typed like them.
+
+  An unknown key is a ValueError listing the allowed ones (a silently ignored
+  key is how a sweep runs the wrong experiment).
+  """
+  parsed = config_dict.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    name, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"config argument {item!r} is not key=value; allowed keys: "
+                       f"{sorted(defaults)}")
+    if name not in defaults:
+      raise ValueError(f"unknown config argument {name!r}; allowed: {sorted(defaults)}")
+    kind = type(defaults[name])
+    if kind is bool:
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"config argument {name!r} must be true or false, got {value!r}")
+      parsed[name] = value.lower() in ("true", "1")
+    else:
+      parsed[name] = kind(value)
+  return parsed
+
+
+def one_of(name, value, allowed):
+  if value not in allowed:
+    raise ValueError(f"config argument {name}={value!r}; allowed: {list(allowed)}")
+  return value
+
+
+def base_config():
+  """Every field the trainer and the models read, with their defaults."""
+  c = config_dict.ConfigDict()
+  # Task and data (see attention_research.data for each task's options).
+  c.task = "mqar"
+  c.task_options = config_dict.ConfigDict()
+  c.data_dir = config_dict.placeholder(str)      # None: TFDS's default (~/tensorflow_datasets)
+  c.max_len = 64                                 # sequences are padded/truncated to this
+
+  # Model (see attention_research.models.validate_config for allowed values).
+  c.model = "decoder"                            # classifier | dual_encoder | decoder
+  c.attention = "dense"                          # any name in attention.names()
+  c.attention_options = config_dict.ConfigDict()
+  c.num_layers = 2
+  c.d_model = 64
+  c.num_heads = 4
+  c.num_kv_heads = config_dict.placeholder(int)  # None: num_heads (no GQA)
+  c.head_dim = config_dict.placeholder(int)      # None: d_model // num_heads
+  c.mlp_dim = 256
+  c.activation = "gelu"
+  c.norm = "pre"                                 # pre | post LayerNorm
+  c.dropout = 0.0
+  c.attention_dropout = 0.0
+  c.pos = "rope"                                 # none | sinusoidal | learned | rope | alibi
+  c.max_position = config_dict.placeholder(int)  # learned table; None: the encoded length
+  c.rope_base = 10000.0
+  c.init = "xavier_uniform"                      # xavier_uniform | he_normal | lecun_normal | small
+  c.pooling = "mean"                             # cls | mean (classifiers)
+  c.tie_embeddings = False
+  c.compute_dtype = "float32"                    # float32 | bfloat16
+
+  # Optimisation.
+  c.total_steps = 1000
+  c.batch_size = 64                              # global, over all devices and processes
+  c.learning_rate = 1e-3
+  c.schedule = "cosine"                          # cosine | rsqrt | constant, after warmup
+  c.warmup_steps = 100
+  c.weight_decay = 0.01
+  c.grad_clip = 1.0                              # global norm; 0 turns clipping off
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.98
+  c.seed = 0
+
+  # Bookkeeping.
+  c.log_every = 50
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.num_eval_batches = config_dict.placeholder(int)  # None: the whole eval split
+  return c

@@ -1,0 +1,46 @@
+"""ListOps (Long Range Arena, Tay et al. 2020) with an encoder classifier.
+
+Command:
+  python -m experiments.train --config=configs/tasks/listops.py:scale=cpu --workdir=/tmp/listops
+Runtime: RUNTIME_TBD on 2 CPU cores (scale=cpu).
+Expected: RESULT_TBD
+
+Arguments (after the colon, comma-separated):
+  scale=cpu|paper   cpu: lengths 32-512, a 2-layer encoder, a few minutes;
+                    paper: LRA's setting (lengths 500-2000, 96k examples,
+                    4 layers, d_model 512, 5k steps), for an accelerator.
+  attention=<name>  any registered attention variant.
+  pos=<name>        none | sinusoidal | learned | rope | alibi.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, scale="cpu", attention="dense", pos="learned")
+  common.one_of("scale", arg.scale, ("cpu", "paper"))
+  c = common.base_config()
+  c.task = "listops"
+  c.model = "classifier"
+  c.pooling = "mean"
+  c.attention = arg.attention
+  c.pos = arg.pos
+  if arg.scale == "cpu":
+    c.task_options = dict(min_len=32, max_len=512, max_depth=10, max_args=10,
+                          num_train=20_000, num_test=1_000)
+    c.max_len = 512
+    # Two heads of 32, not four of 16: on CPU the L x L softmax costs per head.
+    c.num_layers, c.d_model, c.num_heads, c.mlp_dim = 2, 64, 2, 128
+    c.batch_size, c.total_steps, c.warmup_steps = 16, 600, 60
+    c.learning_rate, c.weight_decay = 1e-3, 0.01
+    c.log_every, c.eval_every, c.checkpoint_every = 50, 200, 200
+  else:
+    c.task_options = dict(min_len=500, max_len=2000, max_depth=10, max_args=10,
+                          num_train=96_000, num_test=2_000)
+    c.max_len = 2000
+    c.num_layers, c.d_model, c.num_heads, c.mlp_dim = 4, 512, 8, 1024
+    c.batch_size, c.total_steps, c.warmup_steps = 32, 5000, 1000
+    c.learning_rate, c.weight_decay = 5e-2 / 512 ** 0.5, 0.1
+    c.schedule = "rsqrt"
+    c.log_every, c.eval_every, c.checkpoint_every = 100, 1000, 1000
+  return c

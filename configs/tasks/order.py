@@ -1,0 +1,42 @@
+"""Which marker comes first: a task with identical token multisets in every class.
+
+Only position information solves it, so with pos=none attention should sit
+at chance (1 / num_markers) and with any positional encoding near 1.
+
+Command:
+  python -m experiments.train --config=configs/tasks/order.py:scale=cpu --workdir=/tmp/order
+Runtime: RUNTIME_TBD on 2 CPU cores (scale=cpu).
+Expected: RESULT_TBD
+
+Arguments (after the colon, comma-separated):
+  scale=cpu|paper   cpu: 64 tokens, 2 markers; paper: 1024 tokens, 4 markers.
+  attention=<name>  any registered attention variant.
+  pos=<name>        none | sinusoidal | learned | rope | alibi.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, scale="cpu", attention="dense", pos="sinusoidal")
+  common.one_of("scale", arg.scale, ("cpu", "paper"))
+  c = common.base_config()
+  c.task = "order"
+  c.model = "classifier"
+  c.pooling = "mean"
+  c.attention = arg.attention
+  c.pos = arg.pos
+  if arg.scale == "cpu":
+    c.task_options = dict(length=64, num_markers=2, vocab_size=32, num_train=20_000,
+                          num_test=1_000)
+    c.max_len = 64
+    c.num_layers, c.d_model, c.num_heads, c.mlp_dim = 2, 64, 4, 128
+    c.batch_size, c.total_steps, c.warmup_steps = 64, 600, 50
+    c.learning_rate = 1e-3
+  else:
+    c.task_options = dict(length=1024, num_markers=4, vocab_size=64, num_train=100_000,
+                          num_test=2_000)
+    c.max_len = 1024
+    c.num_layers, c.d_model, c.num_heads, c.mlp_dim = 4, 256, 8, 1024
+    c.batch_size, c.total_steps, c.warmup_steps = 128, 10_000, 1000
+  return c

@@ -1,0 +1,66 @@
+"""Every task config parses, validates at both scales, and rejects bad arguments."""
+
+import glob
+import importlib
+import os
+
+import pytest
+
+from attention_research import attention
+from attention_research import train
+from configs import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASK_CONFIGS = sorted(os.path.basename(p)[:-3]
+                      for p in glob.glob(os.path.join(ROOT, "configs", "tasks", "[a-z]*.py")))
+
+
+def load(name):
+  return importlib.import_module(f"configs.tasks.{name}")
+
+
+def test_the_issue_s_four_tasks_have_configs():
+  assert {"listops", "mqar", "copy", "order"} <= set(TASK_CONFIGS)
+
+
+@pytest.mark.parametrize("name", TASK_CONFIGS)
+@pytest.mark.parametrize("scale", ["cpu", "paper"])
+def test_config_validates(name, scale):
+  config = load(name).get_config(f"scale={scale}")
+  train.validate_config(config, num_devices=1)
+  doc = load(name).__doc__
+  assert "python -m experiments.train --config=configs/tasks/" in doc
+  assert "Runtime:" in doc and "Expected:" in doc
+
+
+@pytest.mark.parametrize("name", TASK_CONFIGS)
+@pytest.mark.parametrize("variant", ["local", "performer"])
+def test_attention_and_pos_arguments_reach_the_config(name, variant):
+  config = load(name).get_config(f"attention={variant},pos=none")
+  assert config.attention == variant and config.pos == "none"
+  train.validate_config(config, num_devices=1)
+
+
+@pytest.mark.parametrize("name", TASK_CONFIGS)
+def test_alibi_is_refused_for_a_variant_without_a_bias(name):
+  no_bias = [n for n in attention.names() if "alibi_slopes" not in attention.variant(n).options]
+  config = load(name).get_config(f"attention={no_bias[0]},pos=alibi")
+  with pytest.raises(ValueError, match="alibi"):
+    train.validate_config(config, num_devices=1)
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("scale=tpu", r"scale='tpu'; allowed: \['cpu', 'paper'\]"),
+    ("depth=3", r"unknown config argument 'depth'"),
+    ("scale", r"not key=value"),
+])
+def test_bad_arguments_are_named(arg, message):
+  with pytest.raises(ValueError, match=message):
+    load("mqar").get_config(arg)
+
+
+def test_parse_arg_types_values_like_the_defaults():
+  parsed = common.parse_arg("n=3,x=0.5,flag=true,name=abc", n=1, x=1.0, flag=False, name="")
+  assert (parsed.n, parsed.x, parsed.flag, parsed.name) == (3, 0.5, True, "abc")
+  with pytest.raises(ValueError, match="true or false"):
+    common.parse_arg("flag=maybe", flag=False)
