@@ -21,7 +21,9 @@ with the same workdir; on CPU it then ends with bit-identical eval metrics
 the checkpoint).
 """
 
+import datetime
 import functools
+import itertools
 import json
 import math
 import os
@@ -30,6 +32,7 @@ import traceback
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -40,6 +43,13 @@ from attention_research import data
 from attention_research import models
 
 SCHEDULES = ("cosine", "rsqrt", "constant")
+# Which models fit which task kind (no generated task is a pair task yet, so
+# the dual encoder has none).
+MODELS_FOR_KIND = {"classification": ("classifier",), "lm": ("decoder",)}
+# Fields a resumed run may change: they decide how long and how often, not
+# what is trained.
+RESUMABLE_CHANGES = ("total_steps", "log_every", "eval_every", "checkpoint_every",
+                     "keep_checkpoints", "num_eval_batches", "data_dir")
 
 
 def validate_config(config, num_devices):
@@ -48,6 +58,11 @@ def validate_config(config, num_devices):
     raise ValueError(f"config.task: unknown task {config.task!r}; allowed: {data.names()}")
   data.vocab_size(config.task, config.task_options.to_dict())  # validates task_options
   models.validate_config(config)
+  kind = data.get_task(config.task).kind
+  allowed_models = MODELS_FOR_KIND[kind]
+  if config.model not in allowed_models:
+    raise ValueError(f"config.model={config.model!r} cannot train on task {config.task!r} "
+                     f"({kind}); allowed: {list(allowed_models)}")
   if config.schedule not in SCHEDULES:
     raise ValueError(f"config.schedule: unknown schedule {config.schedule!r}; "
                      f"allowed: {list(SCHEDULES)}")
@@ -87,7 +102,7 @@ def make_optimizer(config, schedule):
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   return optax.chain(
       optax.clip_by_global_norm(config.grad_clip) if config.grad_clip else optax.identity(),
-      optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=1e-8,
+      optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
                   weight_decay=config.weight_decay, mask=decay_mask))
 
 
@@ -111,13 +126,41 @@ def _write_json(path, obj):
 
 
 def _truncate_metrics(path, last_step):
-  """Drops log lines past the restored step: they will be written again."""
+  """Drops what a killed run logged past its last checkpoint (it comes again).
+
+  That includes a final eval and a line cut short by the kill; the file is
+  replaced atomically, so a kill here loses nothing either.
+  """
   if not os.path.exists(path):
     return
+  kept = []
   with open(path) as f:
-    kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-  with open(path, "w") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if record["step"] <= last_step and not record.get("final"):
+        kept.append(json.dumps(record) + "\n")
+  with open(path + ".tmp", "w") as f:
     f.writelines(kept)
+  os.replace(path + ".tmp", path)
+
+
+def _check_unchanged(config, saved_path):
+  """A checkpoint is resumed only under the config that wrote it."""
+  if not os.path.exists(saved_path):
+    return
+  with open(saved_path) as f:
+    saved = json.load(f)
+  current = json.loads(config.to_json_best_effort())
+  changed = sorted(k for k in set(saved) | set(current)
+                   if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+  if changed:
+    raise ValueError(
+        f"the workdir holds a checkpoint of a run with a different config: fields {changed} "
+        f"differ from {saved_path}; use a new --workdir (only {list(RESUMABLE_CHANGES)} may "
+        f"change when resuming)")
 
 
 def train_and_evaluate(config, workdir):
@@ -150,8 +193,7 @@ def _train(config, workdir, start_time, result):
   vocab_size = data.vocab_size(config.task, task_options)
   num_classes = data.num_classes(config.task, task_options)
   is_main = jax.process_index() == 0
-  if is_main:
-    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+  config_path = os.path.join(workdir, "config.json")
 
   # ------------------------------------------------------------------ mesh
   # One data axis over every device of every process; the batch is split
@@ -163,18 +205,18 @@ def _train(config, workdir, start_time, result):
 
   # ------------------------------------------------------------------ data
   data_dir = os.path.expanduser(config.data_dir) if config.data_dir else None
-  data.prepare(config.task, task_options, data_dir)
+  # Process 0 generates the data on first use; the others then open it, so
+  # hosts sharing a data_dir do not race to write it.
+  if is_main:
+    data.prepare(config.task, task_options, data_dir)
+  multihost_utils.sync_global_devices("data prepared")
   train_iter = data.train_iterator(config.task, task_options, data_dir=data_dir,
                                    global_batch_size=config.batch_size, max_len=config.max_len,
                                    seed=config.seed)
 
-  def eval_batches():
-    batches = data.eval_batches(config.task, task_options, data_dir=data_dir,
-                                global_batch_size=config.batch_size, max_len=config.max_len)
-    for i, batch in enumerate(batches):
-      if config.num_eval_batches is not None and i >= config.num_eval_batches:
-        break
-      yield batch
+  eval_split = data.eval_batches(config.task, task_options, data_dir=data_dir,
+                                 global_batch_size=config.batch_size, max_len=config.max_len)
+  eval_batches = lambda: itertools.islice(eval_split, config.num_eval_batches)
 
   def to_global(batch):  # each process holds its rows of the global batch
     return {k: jax.make_array_from_process_local_data(batch_sharding, v)
@@ -251,6 +293,7 @@ def _train(config, workdir, start_time, result):
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   previous_wall_time = 0.0
   if manager.latest_step() is not None:
+    _check_unchanged(config, config_path)
     restored_step = manager.latest_step()
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract_state, state_sharding)
@@ -263,7 +306,8 @@ def _train(config, workdir, start_time, result):
   else:
     state = jax.jit(init_state, out_shardings=state_sharding)()
   first_step = int(state["step"])
-  if is_main:  # lines a killed run logged past its last checkpoint come again
+  if is_main:
+    _write_json(config_path, json.loads(config.to_json_best_effort()))
     _truncate_metrics(metrics_path, first_step)
 
   def save_checkpoint(step):
@@ -275,7 +319,8 @@ def _train(config, workdir, start_time, result):
     manager.wait_until_finished()
 
   # ------------------------------------------------------------------ loop
-  writer = tensorboardX.SummaryWriter(workdir) if is_main else None
+  # purge_step hides the events a killed run wrote past its last checkpoint.
+  writer = tensorboardX.SummaryWriter(workdir, purge_step=first_step + 1) if is_main else None
   metrics_file = open(metrics_path, "a") if is_main else None
 
   def log(step, record, prefix):
@@ -284,11 +329,14 @@ def _train(config, workdir, start_time, result):
     metrics_file.write(json.dumps({"step": step, **record}) + "\n")
     metrics_file.flush()
     for name, value in record.items():
-      if isinstance(value, (int, float)) and math.isfinite(value):
+      is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+      if is_number and math.isfinite(value):
         writer.add_scalar(f"{prefix}/{name}", value, step)
     writer.flush()
 
-  tokens_per_step = config.batch_size * config.max_len
+  # Positions the model processes per step, padding included (what the
+  # hardware does; a dual encoder reads two sequences per example).
+  tokens_per_step = example["inputs"].size // len(example["example_mask"]) * config.batch_size
   pending = []  # device metrics since the last log; fetched together
   last_log_time, last_log_step = time.time(), first_step
   diverged_step = None
@@ -298,7 +346,9 @@ def _train(config, workdir, start_time, result):
     pending.append(metrics)
 
     checkpoint_due = step % config.checkpoint_every == 0 or step == config.total_steps
-    if step % config.log_every == 0 or checkpoint_due or step == config.total_steps:
+    # Always log (and so check for NaN) before a checkpoint: a diverged state
+    # is never saved, and resumed runs log the same windows.
+    if step % config.log_every == 0 or checkpoint_due:
       fetched = jax.device_get(pending)
       bad = [i for i, m in enumerate(fetched) if not math.isfinite(float(m["loss"]))]
       if bad:
@@ -316,7 +366,7 @@ def _train(config, workdir, start_time, result):
       eta = (config.total_steps - step) / max(steps_per_s, 1e-9)
       logging.info("step %d/%d: loss %.4f, acc %.4f, %.2f steps/s, %.0f tokens/s, ETA %s",
                    step, config.total_steps, record["loss"], record["accuracy"], steps_per_s,
-                   record["tokens_per_s"], time.strftime("%H:%M:%S", time.gmtime(eta)))
+                   record["tokens_per_s"], datetime.timedelta(seconds=round(eta)))
       pending, last_log_time, last_log_step = [], now, step
 
     if step % config.eval_every == 0 and step != config.total_steps:
@@ -334,13 +384,15 @@ def _train(config, workdir, start_time, result):
   wall_time = previous_wall_time + time.time() - start_time
   if diverged_step is not None:
     result.update(status="diverged", diverged_step=diverged_step, wall_time_s=wall_time,
-                  error=f"non-finite loss at step {diverged_step}")
+                  final_eval=None, error=f"non-finite loss at step {diverged_step}")
   else:
     final_eval = evaluate(state["params"])
-    log(config.total_steps, {f"eval_{k}": v for k, v in final_eval.items()}, "eval")
+    log(config.total_steps, {f"eval_{k}": v for k, v in final_eval.items()} | {"final": True},
+        "eval")
     logging.info("final eval: loss %.4f, accuracy %.4f", final_eval["loss"],
                  final_eval["accuracy"])
     result.update(status="completed", final_eval=final_eval, steps=config.total_steps,
+                  num_devices=len(devices),
                   wall_time_s=wall_time, resumed_from_step=first_step or None)
   manager.close()
   if is_main:

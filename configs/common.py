@@ -79,6 +79,7 @@ def base_config():
   c.grad_clip = 1.0                              # global norm; 0 turns clipping off
   c.adam_b1 = 0.9
   c.adam_b2 = 0.98
+  c.adam_eps = 1e-8
   c.seed = 0
 
   # Bookkeeping.

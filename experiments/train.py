@@ -23,6 +23,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. "
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, result.")
 _CACHE = flags.DEFINE_string("jax_cache_dir", "~/.cache/attention_research/jax",
                              "Persistent compilation cache ('' turns it off).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first: one process per host of a "
+    "TPU pod slice or multi-host GPU job (it finds its peers from the environment).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,6 +38,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_quiet_orbax)
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
   if _CACHE.value:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

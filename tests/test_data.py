@@ -355,8 +355,11 @@ def test_training_epochs_cover_the_split_and_reshuffle(data_dir):
 
 def test_two_processes_split_each_global_batch(data_dir):
   _, single = train_batches("copy", count=8, batch=8, data_dir=data_dir)
-  _, p0 = train_batches("copy", count=8, process_index=0, process_count=2, data_dir=data_dir)
-  _, p1 = train_batches("copy", count=8, process_index=1, process_count=2, data_dir=data_dir)
+  it0, p0 = train_batches("copy", count=8, process_index=0, process_count=2, data_dir=data_dir)
+  it1, p1 = train_batches("copy", count=8, process_index=1, process_count=2, data_dir=data_dir)
+  # The trainer checkpoints one iterator state for all processes (orbax's JSON
+  # item is written by the primary host), so the states must agree.
+  assert it0.get_state() == it1.get_state()
   assert all(b["inputs"].shape == (4, 32) for b in p0 + p1)
   for whole, half0, half1 in zip(single, p0, p1):
     a, b = set(rows_of([half0])), set(rows_of([half1]))

@@ -17,8 +17,6 @@ from attention_research.models import attention_layer
 from attention_research.models import positional
 
 VOCAB, CLASSES, LENGTH, BATCH = 20, 3, 16, 2
-HAS_ALIBI = "alibi_slopes" in attention.variant("dense").options
-needs_alibi = pytest.mark.skipif(not HAS_ALIBI, reason="attention has no alibi_slopes option yet")
 
 
 def _config(**overrides):
@@ -125,12 +123,9 @@ def test_rope_in_attention_against_numpy(causal):
 
 
 def test_alibi_slopes_are_the_papers():
-  if not hasattr(attention, "alibi_slopes"):
-    pytest.skip("attention.alibi_slopes not there yet")
   np.testing.assert_allclose(positional.alibi_slopes(8), 2.0 ** -np.arange(1, 9), rtol=1e-7)
 
 
-@needs_alibi
 @pytest.mark.parametrize("name, options", [
     ("dense", ()), ("blockwise", (("block_q", 8), ("block_k", 8))),
     ("local", (("window", LENGTH), ("block_size", 8))),   # the window covers every key
@@ -200,7 +195,7 @@ def test_rope_preserves_norms_and_depends_on_relative_position():
 # --------------------------------------------------------------------- models
 
 POSITIONS = ["none", "sinusoidal", "learned", "rope",
-             pytest.param("alibi", marks=needs_alibi)]
+             "alibi"]
 
 
 @pytest.mark.parametrize("pos", POSITIONS)
@@ -459,8 +454,7 @@ def test_missing_fields_and_build_arguments():
 
 def test_alibi_validation_lists_the_variants_that_take_it():
   takes = [n for n in attention.names() if "alibi_slopes" in attention.variant(n).options]
-  if not takes:
-    pytest.skip("no variant takes alibi_slopes yet")
+  assert takes == ["dense", "blockwise", "local"]
   with pytest.raises(ValueError) as error:
     models.validate_config(_config(pos="alibi", attention="performer"))
   assert str(takes) in str(error.value) and "'performer'" in str(error.value)

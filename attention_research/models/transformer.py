@@ -88,7 +88,11 @@ def kernel_inits(s: Settings):
 
 
 class Block(nn.Module):
-  """One Transformer layer: x [B, L, d] -> [B, L, d]."""
+  """One Transformer layer: x [B, L, d] -> [B, L, d], the residual stream in float32.
+
+  Under bfloat16 compute only the branches (attention, MLP) run in bfloat16;
+  the residual sums stay float32, so small updates are not rounded away.
+  """
   settings: Settings
   causal: bool = False
 
@@ -96,8 +100,11 @@ class Block(nn.Module):
   def __call__(self, x, kv_mask=None, *, deterministic=True):
     s = self.settings
     init, residual_init = kernel_inits(s)
-    drop = lambda y: nn.Dropout(s.dropout)(y, deterministic=deterministic)
-    norm = lambda name: nn.LayerNorm(dtype=s.dtype, name=name)
+    x = x.astype(jnp.float32)
+    drop = lambda y: nn.Dropout(s.dropout)(y, deterministic=deterministic).astype(jnp.float32)
+    # Pre-LN norms feed a branch (compute dtype); post-LN norms are the stream.
+    norm = lambda name: nn.LayerNorm(dtype=s.dtype if s.norm == "pre" else jnp.float32,
+                                     name=name)
 
     def attention(y):
       return attention_layer.MultiHeadAttention(
@@ -146,16 +153,16 @@ class Encoder(nn.Module):
 
   def __call__(self, tokens, input_mask=None, *, deterministic=True):
     s = self.settings
-    x = self.embed(tokens)
+    x = self.embed(tokens).astype(jnp.float32)  # the residual stream stays float32
     if s.pos == "learned":
-      x = x + self.positions(tokens.shape[1])[None]
-    x = x * jnp.asarray(np.sqrt(s.d_model), x.dtype)
+      x = x + self.positions(tokens.shape[1])[None].astype(jnp.float32)
+    x = x * np.sqrt(s.d_model).astype(np.float32)
     if s.pos == "sinusoidal":
-      x = x + positional.sinusoidal(tokens.shape[1], s.d_model).astype(x.dtype)[None]
+      x = x + positional.sinusoidal(tokens.shape[1], s.d_model).astype(jnp.float32)[None]
     x = self.dropout(x, deterministic=deterministic)
     for block in self.blocks:
       x = block(x, input_mask, deterministic=deterministic)
-    return self.final_norm(x) if s.norm == "pre" else x
+    return self.final_norm(x) if s.norm == "pre" else x.astype(s.dtype)
 
   def attend(self, hidden):
     """Logits against the token table (tied embeddings): [..., d] -> [..., rows]."""

@@ -2,8 +2,11 @@
 
 Command:
   python -m experiments.train --config=configs/tasks/copy.py:scale=cpu --workdir=/tmp/copy
-Runtime: RUNTIME_TBD on 2 CPU cores (scale=cpu).
-Expected: RESULT_TBD
+Runtime: about 1 min (59 s wall for copy, 66 s for reverse; 400 steps), on 2 CPU cores
+  (scale=cpu).
+Expected: copy: final eval accuracy 1.000 on the answer tokens (solved by step 200);
+  reverse (mode=reverse, pos=rope): 0.478 after 400 steps, still learning (measured
+  2026-11-27 on the 2-core development VM (Xeon Sapphire Rapids, CPU only)).
 
 Arguments (after the colon, comma-separated):
   scale=cpu|paper   cpu: 32-token payloads; paper: 256-token payloads.
@@ -30,8 +33,9 @@ def get_config(arg=None):
   c.max_len = 2 * length
   if arg.scale == "cpu":
     c.num_layers, c.d_model, c.num_heads, c.mlp_dim = 2, 64, 4, 256
-    c.batch_size, c.total_steps, c.warmup_steps = 64, 1000, 100
+    c.batch_size, c.total_steps, c.warmup_steps = 64, 400, 50
     c.learning_rate = 3e-3
+    c.log_every, c.eval_every, c.checkpoint_every = 50, 200, 200
   else:
     c.num_layers, c.d_model, c.num_heads, c.mlp_dim = 4, 256, 8, 1024
     c.batch_size, c.total_steps, c.warmup_steps = 128, 20_000, 1000

@@ -2,8 +2,12 @@
 
 Command:
   python -m experiments.train --config=configs/tasks/listops.py:scale=cpu --workdir=/tmp/listops
-Runtime: RUNTIME_TBD on 2 CPU cores (scale=cpu).
-Expected: RESULT_TBD
+Runtime: about 4 min 20 s (259 s wall, 600 steps at about 2.5 steps/s, including 8 s to
+  generate the data), on 2 CPU cores (scale=cpu).
+Expected: final eval accuracy 0.321 against 0.155 for the majority class (label 0) of
+  the test split; 0.32-0.33 from step 200 on. LRA's Transformer reaches 0.36-0.37 at
+  paper scale (measured 2026-11-27 on the 2-core development VM (Xeon Sapphire Rapids,
+  CPU only)).
 
 Arguments (after the colon, comma-separated):
   scale=cpu|paper   cpu: lengths 32-512, a 2-layer encoder, a few minutes;

@@ -2,8 +2,10 @@
 
 Command:
   python -m experiments.train --config=configs/tasks/mqar.py:scale=cpu --workdir=/tmp/mqar
-Runtime: RUNTIME_TBD on 2 CPU cores (scale=cpu).
-Expected: RESULT_TBD
+Runtime: about 1 min 50 s (106 s wall, 600 steps at about 6.5 steps/s, data generated on
+  first use), on 2 CPU cores (scale=cpu).
+Expected: final eval query accuracy 0.9985 (loss 0.013); 0.99 already at step 400
+  (measured 2026-11-27 on the 2-core development VM (Xeon Sapphire Rapids, CPU only)).
 
 Arguments (after the colon, comma-separated):
   scale=cpu|paper   cpu: 64 tokens, 4 key-value pairs, a few minutes on a laptop;
