@@ -310,6 +310,12 @@ def _train(config, workdir, start_time, result):
     _write_json(config_path, json.loads(config.to_json_best_effort()))
     _truncate_metrics(metrics_path, first_step)
 
+  # Compile ahead of time: the same executable then runs every step, and its
+  # temporary memory is a figure sweeps over sequence length report.
+  train_step = train_step.lower(state, to_global(example)).compile()
+  step_memory = train_step.memory_analysis()
+  result.update(train_step_temp_bytes=getattr(step_memory, "temp_size_in_bytes", None))
+
   def save_checkpoint(step):
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
@@ -338,6 +344,7 @@ def _train(config, workdir, start_time, result):
   # hardware does; a dual encoder reads two sequences per example).
   tokens_per_step = example["inputs"].size // len(example["example_mask"]) * config.batch_size
   pending = []  # device metrics since the last log; fetched together
+  speeds = []   # steps/s of each log window, for the result's median
   last_log_time, last_log_step = time.time(), first_step
   diverged_step = None
   logging.info("training from step %d to %d", first_step, config.total_steps)
@@ -363,6 +370,7 @@ def _train(config, workdir, start_time, result):
                     learning_rate=float(fetched[-1]["learning_rate"]),
                     steps_per_s=steps_per_s, tokens_per_s=steps_per_s * tokens_per_step)
       log(step, record, "train")
+      speeds.append(steps_per_s)
       eta = (config.total_steps - step) / max(steps_per_s, 1e-9)
       logging.info("step %d/%d: loss %.4f, acc %.4f, %.2f steps/s, %.0f tokens/s, ETA %s",
                    step, config.total_steps, record["loss"], record["accuracy"], steps_per_s,
@@ -382,6 +390,9 @@ def _train(config, workdir, start_time, result):
 
   # ----------------------------------------------------------------- final
   wall_time = previous_wall_time + time.time() - start_time
+  if speeds:  # the first window includes warm-up; the median shrugs it off
+    result.update(train_steps_per_s=float(np.median(speeds)),
+                  train_tokens_per_s=float(np.median(speeds)) * tokens_per_step)
   if diverged_step is not None:
     result.update(status="diverged", diverged_step=diverged_step, wall_time_s=wall_time,
                   final_eval=None, error=f"non-finite loss at step {diverged_step}")

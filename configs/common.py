@@ -41,6 +41,9 @@ def one_of(name, value, allowed):
 def base_config():
   """Every field the trainer and the models read, with their defaults."""
   c = config_dict.ConfigDict()
+  # Which preset of the config file built this (recorded with the results;
+  # the trainer does not read it).
+  c.scale = "cpu"
   # Task and data (see attention_research.data for each task's options).
   c.task = "mqar"
   c.task_options = config_dict.ConfigDict()

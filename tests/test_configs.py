@@ -64,3 +64,35 @@ def test_parse_arg_types_values_like_the_defaults():
   assert (parsed.n, parsed.x, parsed.flag, parsed.name) == (3, 0.5, True, "abc")
   with pytest.raises(ValueError, match="true or false"):
     common.parse_arg("flag=maybe", flag=False)
+
+
+# ------------------------------------------------------------------ sweeps
+
+SWEEP_CONFIGS = sorted(os.path.basename(p)[:-3]
+                       for p in glob.glob(os.path.join(ROOT, "configs", "sweeps", "[a-z]*.py")))
+
+
+@pytest.mark.parametrize("name", SWEEP_CONFIGS)
+@pytest.mark.parametrize("scale", ["cpu", "paper"])
+def test_sweep_config_trials_and_tables_validate(name, scale):
+  import inspect
+
+  from attention_research.sweep import grid
+  from attention_research.sweep import runner
+  from attention_research.sweep import tables
+
+  module = importlib.import_module(f"configs.sweeps.{name}")
+  base = module.get_config(f"scale={scale}")
+  takes_config = len(inspect.signature(module.get_sweep).parameters) > 1
+  sweep_grid = module.get_sweep(grid, base) if takes_config else module.get_sweep(grid)
+  trials = runner.make_trials(base, sweep_grid)
+  assert len(trials) >= 2
+  for _, _, trial_name, _, config in trials:
+    try:
+      train.validate_config(config, num_devices=1)
+    except ValueError as e:
+      raise AssertionError(f"trial {trial_name}: {e}") from e
+  listed = [{"index": i, "id": tid, "name": n, "overrides": o} for i, tid, n, o, _ in trials]
+  for spec in module.get_tables(base):
+    tables.check_spec(spec, listed)
+  assert "TBD" not in module.__doc__ and "python -m experiments.sweep" in module.__doc__

@@ -23,6 +23,7 @@ def get_config(arg=None):
   common.one_of("scale", arg.scale, ("cpu", "paper"))
   common.one_of("mode", arg.mode, ("copy", "reverse"))
   c = common.base_config()
+  c.scale = arg.scale
   c.task = "copy"
   c.model = "decoder"
   c.attention = arg.attention

@@ -24,6 +24,7 @@ def get_config(arg=None):
   arg = common.parse_arg(arg, scale="cpu", attention="dense", pos="learned")
   common.one_of("scale", arg.scale, ("cpu", "paper"))
   c = common.base_config()
+  c.scale = arg.scale
   c.task = "listops"
   c.model = "classifier"
   c.pooling = "mean"

@@ -22,6 +22,7 @@ def get_config(arg=None):
   arg = common.parse_arg(arg, scale="cpu", attention="dense", pos="rope")
   common.one_of("scale", arg.scale, ("cpu", "paper"))
   c = common.base_config()
+  c.scale = arg.scale
   c.task = "mqar"
   c.model = "decoder"
   c.attention = arg.attention

@@ -23,6 +23,7 @@ def get_config(arg=None):
   arg = common.parse_arg(arg, scale="cpu", attention="dense", pos="sinusoidal")
   common.one_of("scale", arg.scale, ("cpu", "paper"))
   c = common.base_config()
+  c.scale = arg.scale
   c.task = "order"
   c.model = "classifier"
   c.pooling = "mean"

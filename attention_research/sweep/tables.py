@@ -1,0 +1,515 @@
+"""Paper-style tables and PNG plots from a sweep's results, beside the published figures.
+
+    print(tables.render("runs/aiayn_table3", fmt="markdown"))
+    tables.write("runs/aiayn_table3", "docs/results/aiayn_table3", fmt="markdown")
+
+A sweep config's `get_tables(config)` declares its tables; the runner records
+them in DIR/sweep.json with every trial, and each trial that ran has
+DIR/trials/<id>/result.json. A table spec (a JSON-able dict):
+
+    {"name": "table3_heads",               # file stem: table3_heads.md, table3_heads_0.png
+     "caption": "...",                     # says when the task differs from the paper's
+     "rows": ["num_heads"],                # override fields keying the rows
+     "columns": ["task"],                  # ... and the columns; [] = one metric column
+     "metric": "final_eval.accuracy",      # dotted path into result.json
+     "metric_label": "eval accuracy",      # optional (default: the metric path)
+     "format": "{:.3f}",                   # optional (default "{:.4g}")
+     "filters": {"pos": "rope"},           # optional: only trials with these overrides
+     "published": {"source": "Vaswani et al. 2017, Table 3",
+                   "columns": ["PPL (dev)", "BLEU (dev)"],
+                   "rows": {"1": [5.29, 24.9], "4": [5.00, 25.5]}},   # by row label
+     "plots": [{"kind": "line", "x": "num_heads", "y": "final_eval.loss",
+                "series": "task", "logx": True, "logy": False, "title": "..."},
+               {"kind": "loglog_slope", "x": "task_options.seq_len",
+                "y": "train_step_temp_bytes", "series": "attention"}]}
+
+A field is an override key ("num_heads", "task_options.seq_len") or a path
+into a dict-valued override ("task_options.seq_len" when the grid set
+"task_options" whole). A trial lacking a row or column field is not in that
+table. Rows and columns come in the order their values first appear in the
+trial list; a row label is the row's values joined by ", ", a column header
+is "field=value" (joined by ", ").
+
+What a cell shows:
+  blank              no trial in the cell has a result.json yet (not run, or running)
+  0.912              the one completed trial's metric
+  0.912 (n=3)        the mean over the cell's 3 completed trials (seeds, say)
+  0.912 (n=2; 1 diverged)   some trials of the cell did not complete
+  diverged, failed   no trial of the cell completed: their status (with (n=k) if k > 1)
+  n/a                the completed trial's result has the metric, but as null
+
+Published figures sit in their own columns headed "<source>: <column>",
+never mixed with ours; our rows the paper lacks are blank there, and rows
+only the paper has come after ours, blank in our columns.
+
+Plots (Agg backend, no display needed) skip trials without a completed
+result. "line" plots the mean y at each x per series (a non-numeric x, e.g.
+positional encoding names, is spaced evenly in first-appearance order).
+"loglog_slope" draws log-log axes and fits log y = a + b log x by least
+squares per series over every point, with "slope b" in the legend: the
+exponent of time or memory in sequence length (2 for dense attention's
+L x L, 1 for the efficient variants), the check of the O(L^2) claim. A plot's
+x may also be a ratio of two fields ("d_model/num_layers": the aspect ratio
+of Kaplan et al. 2020, Fig. 5) or, when no trial overrides it, a result.json
+path ("num_params").
+"""
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+
+FORMATS = {"markdown": "md", "latex": "tex", "csv": "csv"}
+PLOT_KINDS = ("line", "loglog_slope")
+_TABLE_KEYS = ("name", "caption", "rows", "columns", "metric", "metric_label", "format",
+               "filters", "published", "plots")
+_PLOT_KEYS = ("kind", "x", "y", "series", "logx", "logy", "title")
+_MISSING = object()   # a field or key that is not there
+_REQUIRED = object()  # field_value without a default: raise
+
+
+# ----------------------------------------------------------------- reading
+
+def load(workdir):
+  """(table specs, trials, {trial id: result dict or None}) from a sweep's workdir."""
+  path = os.path.join(workdir, "sweep.json")
+  if not os.path.exists(path):
+    raise ValueError(f"workdir {workdir!r} has no sweep.json: not a sweep directory (run "
+                     f"experiments.sweep into it first)")
+  with open(path) as f:
+    sweep = json.load(f)
+  trials = sweep.get("trials", [])
+  # Read here rather than through runner.read_result: that would import the
+  # trainer (and JAX) just to read JSON files.
+  results = {}
+  for trial in trials:
+    result_path = os.path.join(workdir, "trials", trial["id"], "result.json")
+    results[trial["id"]] = None
+    if os.path.exists(result_path):
+      with open(result_path) as f:
+        results[trial["id"]] = json.load(f)
+  return sweep.get("tables", []), trials, results
+
+
+def render(workdir, fmt="markdown"):
+  """Every table of the sweep in `fmt` (markdown, latex or csv), one after another."""
+  _check_format(fmt)
+  specs, trials, results = load(workdir)
+  _check_has_tables(workdir, specs)
+  return "\n\n".join(format_table(build_table(s, trials, results), fmt) for s in specs) + "\n"
+
+
+def write(workdir, out_dir, fmt="markdown"):
+  """Writes <name>.<md|tex|csv> and <name>_<i>.png per table into out_dir; returns the paths."""
+  _check_format(fmt)
+  specs, trials, results = load(workdir)
+  _check_has_tables(workdir, specs)
+  # Every table and plot is checked before any file is written: no half-written out_dir.
+  built = [build_table(spec, trials, results) for spec in specs]
+  for spec in specs:
+    for plot_spec in spec.get("plots", []):
+      plot_points(spec, plot_spec, trials, results)
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for spec, table in zip(specs, built):
+    path = os.path.join(out_dir, f"{spec['name']}.{FORMATS[fmt]}")
+    with open(path, "w") as f:
+      f.write(format_table(table, fmt) + "\n")
+    paths.append(path)
+    for i, plot_spec in enumerate(spec.get("plots", [])):
+      path = os.path.join(out_dir, f"{spec['name']}_{i}.png")
+      plot(spec, plot_spec, trials, results, path)
+      paths.append(path)
+  return paths
+
+
+def _check_format(fmt):
+  if fmt not in FORMATS:
+    raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
+
+
+def _check_has_tables(workdir, specs):
+  if not specs:
+    raise ValueError(f"{workdir}/sweep.json declares no tables: add get_tables(config) to the "
+                     f"sweep config and run experiments.sweep again (finished trials are kept)")
+
+
+# ----------------------------------------------------------- fields, metrics
+
+def field_value(overrides, field, default=_REQUIRED):
+  """The trial's value of `field`: an override key or a path into a dict-valued override."""
+  if field in overrides:
+    return overrides[field]
+  parts = field.split(".")
+  for i in range(len(parts) - 1, 0, -1):
+    node = overrides.get(".".join(parts[:i]), _MISSING)
+    for part in parts[i:]:
+      node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+    if node is not _MISSING:
+      return node
+  if default is _REQUIRED:
+    raise KeyError(field)
+  return default
+
+
+def metric_value(result, metric, trial_name="?"):
+  """The value at the dotted path `metric` in a result.json dict."""
+  node = result
+  for i, part in enumerate(metric.split(".")):
+    if not isinstance(node, dict) or part not in node:
+      where = ".".join(metric.split(".")[:i]) or "result.json"
+      keys = sorted(node) if isinstance(node, dict) else type(node).__name__
+      raise ValueError(f"metric {metric!r}: trial {trial_name!r}'s result has no {part!r} in "
+                       f"{where} (it has {keys})")
+    node = node[part]
+  return node
+
+
+def _check_fields(fields, trials, where):
+  for field in fields:
+    if not any(_has(t, field) for t in trials):
+      known = sorted({k for t in trials for k in t["overrides"]})
+      raise ValueError(f"{where}: field {field!r} is in no trial's overrides (fields the "
+                       f"sweep sets: {known})")
+
+
+def _has(trial, field):
+  return field_value(trial["overrides"], field, _MISSING) is not _MISSING
+
+
+def _label(value):
+  # As the trial names print it (grid.trial_name), so published row keys match.
+  return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _key(values):
+  return json.dumps(values, sort_keys=True, default=repr)
+
+
+def _in_table(trial, fields, filters):
+  overrides = trial["overrides"]
+  if any(field_value(overrides, f, _MISSING) is _MISSING for f in fields):
+    return False
+  return all(field_value(overrides, f, _MISSING) == v for f, v in filters.items())
+
+
+# -------------------------------------------------------------------- tables
+
+def check_spec(spec, trials):
+  """Raises a ValueError naming the first bad key of a table spec."""
+  if not isinstance(spec, dict):
+    raise ValueError(f"a table spec must be a dict, got {spec!r:.200}")
+  name = spec.get("name")
+  unknown = sorted(set(spec) - set(_TABLE_KEYS))
+  if unknown:
+    raise ValueError(f"table {name!r}: unknown key(s) {unknown}; allowed: {list(_TABLE_KEYS)}")
+  for key in ("name", "rows", "metric"):
+    if key not in spec:
+      raise ValueError(f"table {name!r}: `{key}` is required")
+  if not isinstance(name, str) or not name or os.sep in name:
+    raise ValueError(f"table `name` must be a non-empty file stem, got {name!r}")
+  if not spec["rows"]:
+    raise ValueError(f"table {name!r}: `rows` must name at least one override field")
+  try:
+    spec.get("format", "{:.4g}").format(1.0)
+  except (ValueError, IndexError, KeyError) as e:
+    raise ValueError(f"table {name!r}: `format` {spec['format']!r} cannot format a number "
+                     f"({e}); e.g. '{{:.3f}}'") from e
+  _check_fields(list(spec["rows"]) + list(spec.get("columns", [])), trials, f"table {name!r}")
+  _check_fields(list(spec.get("filters", {})), trials, f"table {name!r} `filters`")
+  published = spec.get("published")
+  if published is not None:
+    for key in ("source", "columns", "rows"):
+      if key not in published:
+        raise ValueError(f"table {name!r}: `published` needs `{key}`")
+    for label, values in published["rows"].items():
+      if len(values) != len(published["columns"]):
+        raise ValueError(f"table {name!r}: published row {label!r} has {len(values)} values "
+                         f"for {len(published['columns'])} columns {published['columns']}")
+  for i, plot_spec in enumerate(spec.get("plots", [])):
+    _check_plot(spec, plot_spec, i, trials)
+
+
+def build_table(spec, trials, results):
+  """The table of one spec: {"name", "caption", "header", "rows", "note", "num_ours"}.
+
+  rows are lists of cell strings, the row label first; num_ours counts the
+  columns before the published ones (the label column included).
+  """
+  check_spec(spec, trials)
+  row_fields, col_fields = list(spec["rows"]), list(spec.get("columns", []))
+  members = [t for t in trials
+             if _in_table(t, row_fields + col_fields, spec.get("filters", {}))]
+  row_keys, col_keys, cells = {}, {}, {}
+  for t in members:
+    rv = [field_value(t["overrides"], f) for f in row_fields]
+    cv = [field_value(t["overrides"], f) for f in col_fields]
+    rk, ck = _key(rv), _key(cv)
+    row_keys.setdefault(rk, ", ".join(_label(v) for v in rv))
+    col_keys.setdefault(ck, ", ".join(f"{f}={_label(v)}" for f, v in zip(col_fields, cv)))
+    cells.setdefault((rk, ck), []).append(t)
+  if not col_fields:
+    col_keys = {_key([]): spec.get("metric_label", spec["metric"])}
+
+  fmt = spec.get("format", "{:.4g}")
+  rows, any_count = [], False
+  for rk, row_label in row_keys.items():
+    row = [row_label]
+    for ck in col_keys:
+      text = _cell(cells.get((rk, ck), []), results, spec["metric"], fmt)
+      row.append(text)
+      any_count |= "(n=" in text
+    rows.append(row)
+  header = [", ".join(row_fields)] + list(col_keys.values())
+
+  published = spec.get("published")
+  if published is not None:
+    header += [f"{published['source']}: {c}" for c in published["columns"]]
+    paper = {str(k): v for k, v in published["rows"].items()}
+    for row in rows:
+      row += [_published_cell(v) for v in paper.get(row[0], [None] * len(published["columns"]))]
+    for label, values in paper.items():
+      if label not in row_keys.values():
+        rows.append([label] + [""] * len(col_keys) + [_published_cell(v) for v in values])
+  note = ("(n=k): the mean over the cell's k completed trials (or, after a status, the k "
+          "trials that ended so)." if any_count else "")
+  return {"name": spec["name"], "caption": spec.get("caption", ""), "header": header,
+          "rows": rows, "note": note, "num_ours": 1 + len(col_keys)}
+
+
+def _cell(cell_trials, results, metric, fmt):
+  """What one cell shows for its trials (see the module docstring)."""
+  values, unsuccessful = [], {}
+  for t in cell_trials:
+    result = results.get(t["id"])
+    if result is None:
+      continue
+    status = result.get("status", "failed")
+    if status == "completed":
+      value = metric_value(result, metric, t["name"])
+      if value is None:
+        status = "n/a"
+      else:
+        values.append(float(value))
+        continue
+    unsuccessful[status] = unsuccessful.get(status, 0) + 1
+  if not values:
+    return ", ".join(s if c == 1 else f"{s} (n={c})" for s, c in unsuccessful.items())
+  notes = [f"n={len(values)}"] if len(values) > 1 or unsuccessful else []
+  notes += [f"{c} {s}" for s, c in unsuccessful.items()]
+  text = fmt.format(float(np.mean(values)))
+  return f"{text} ({'; '.join(notes)})" if notes else text
+
+
+def _published_cell(value):
+  if value is None:
+    return ""
+  return _label(value)
+
+
+# ---------------------------------------------------------------- formatting
+
+def format_table(table, fmt):
+  """One built table as Markdown, LaTeX or CSV text (no trailing newline)."""
+  _check_format(fmt)
+  return {"markdown": _markdown, "latex": _latex, "csv": _csv}[fmt](table)
+
+
+def _markdown(table):
+  def line(cells):
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+  lines = [f"**{table['name']}**" + (f": {table['caption']}" if table["caption"] else ""), "",
+           line(table["header"]),
+           "|" + "|".join([":---"] + ["---:"] * (len(table["header"]) - 1)) + "|"]
+  lines += [line(row) for row in table["rows"]]
+  if table["note"]:
+    lines += ["", f"*{table['note']}*"]
+  return "\n".join(lines)
+
+
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                   "^": r"\textasciicircum{}"}
+
+
+def _tex(text):
+  return "".join(_LATEX_SPECIALS.get(c, c) for c in text)
+
+
+def _latex(table):
+  ours, total = table["num_ours"], len(table["header"])
+  # A rule between our columns and the paper's keeps the two apart at a glance.
+  columns = "l" + "r" * (ours - 1) + ("|" + "r" * (total - ours) if total > ours else "")
+  caption = _tex(table["caption"]) + (" " + _tex(table["note"]) if table["note"] else "")
+  lines = ["% needs \\usepackage{booktabs}",
+           r"\begin{table}[t]", r"\centering",
+           rf"\caption{{{caption}}}", rf"\label{{tab:{_tex(table['name'])}}}",
+           rf"\begin{{tabular}}{{{columns}}}", r"\toprule",
+           " & ".join(_tex(c) for c in table["header"]) + r" \\", r"\midrule"]
+  lines += [" & ".join(_tex(c) for c in row) + r" \\" for row in table["rows"]]
+  lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+  return "\n".join(lines)
+
+
+def _csv(table):
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator="\n")
+  writer.writerow(table["header"])
+  writer.writerows(table["rows"])
+  return out.getvalue().rstrip("\n")
+
+
+# --------------------------------------------------------------------- plots
+
+def loglog_slope(xs, ys):
+  """(a, b) of the least-squares fit log y = a + b log x (natural logs)."""
+  lx, ly = np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float))
+  if len(lx) < 2 or np.ptp(lx) == 0:
+    raise ValueError(f"loglog_slope needs at least two distinct x values, got {list(xs)}")
+  b, a = np.polyfit(lx, ly, 1)
+  return float(a), float(b)
+
+
+def _x_parts(x):
+  return x.split("/")
+
+
+def _check_plot(spec, plot_spec, i, trials):
+  where = f"table {spec['name']!r} plot {i}"
+  if not isinstance(plot_spec, dict):
+    raise ValueError(f"{where}: must be a dict, got {plot_spec!r:.200}")
+  unknown = sorted(set(plot_spec) - set(_PLOT_KEYS))
+  if unknown:
+    raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {list(_PLOT_KEYS)}")
+  if plot_spec.get("kind") not in PLOT_KINDS:
+    raise ValueError(f"{where}: `kind` must be one of {list(PLOT_KINDS)}, "
+                     f"got {plot_spec.get('kind')!r}")
+  if "x" not in plot_spec:
+    raise ValueError(f"{where}: `x` is required")
+  parts = _x_parts(plot_spec["x"])
+  if len(parts) > 2:
+    raise ValueError(f"{where}: `x` {plot_spec['x']!r}: at most one '/' (a ratio of two fields)")
+  # A single x that no trial overrides is a result.json path, checked against the results.
+  if len(parts) == 2:
+    _check_fields(parts, trials, f"{where} `x`")
+  if plot_spec.get("series"):
+    _check_fields([plot_spec["series"]], trials, f"{where} `series`")
+
+
+def _plot_x(plot_spec, trial, result):
+  x = plot_spec["x"]
+  if "/" in x:
+    num, den = (field_value(trial["overrides"], p) for p in _x_parts(x))
+    return float(num) / float(den)
+  value = field_value(trial["overrides"], x, _MISSING)
+  if value is _MISSING:
+    try:
+      value = metric_value(result, x, trial["name"])
+    except ValueError as e:
+      raise ValueError(f"plot `x` {x!r} is neither an override field of any trial nor a "
+                       f"path in result.json: {e}") from e
+  return value
+
+
+def plot_points(spec, plot_spec, trials, results):
+  """{series label: [(x, y), ...]} over the completed trials in the table's filters."""
+  x_field = plot_spec["x"]
+  x_is_override = any(_has(t, p) for t in trials for p in _x_parts(x_field))
+  needed = list(_x_parts(x_field)) if x_is_override else []
+  series = plot_spec.get("series")
+  needed += [series] if series else []
+  y = plot_spec.get("y", spec["metric"])
+  points = {}
+  for t in trials:
+    result = results.get(t["id"])
+    if not _in_table(t, needed, spec.get("filters", {})) or result is None:
+      continue
+    if result.get("status") != "completed":
+      continue
+    y_value = metric_value(result, y, t["name"])
+    if y_value is None:
+      continue
+    label = _label(field_value(t["overrides"], series)) if series else ""
+    points.setdefault(label, []).append((_plot_x(plot_spec, t, result), float(y_value)))
+  return points
+
+
+def plot(spec, plot_spec, trials, results, path):
+  """Draws one plot of table `spec` to the PNG `path`; returns its legend's labels."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  points = plot_points(spec, plot_spec, trials, results)
+  y = plot_spec.get("y", spec["metric"])
+  fig = Figure(figsize=(6, 4), dpi=120)  # no pyplot: no global state, Agg canvas
+  ax = fig.subplots()
+  categories = _categories(points)
+  for label, pts in points.items():
+    if plot_spec["kind"] == "loglog_slope":
+      _draw_loglog(ax, label, pts)
+    else:
+      _draw_line(ax, label, pts, categories)
+  if plot_spec["kind"] == "loglog_slope":
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+  else:
+    ax.set_xscale("log" if plot_spec.get("logx") else "linear")
+    ax.set_yscale("log" if plot_spec.get("logy") else "linear")
+  if categories:
+    ax.set_xticks(range(len(categories)), categories)
+  elif ax.get_xscale() == "log":
+    _ticks_at_data(ax, points)
+  ax.set_xlabel(plot_spec["x"])
+  ax.set_ylabel(spec.get("metric_label", y) if y == spec["metric"] else y)
+  ax.set_title(plot_spec.get("title", f"{spec['name']}: {y} vs {plot_spec['x']}"), fontsize=10)
+  if not points:
+    ax.text(0.5, 0.5, "no completed trials yet", ha="center", va="center",
+            transform=ax.transAxes)
+  labels = ax.get_legend_handles_labels()[1]
+  if labels:  # only where there are series or slopes to name
+    ax.legend(title=plot_spec.get("series"), fontsize=8)
+  ax.grid(True, which="both", alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, format="png")
+  return labels
+
+
+def _ticks_at_data(ax, points):
+  """Log-x ticks at the swept values (1, 2, 4, 8 heads), not at 2 x 10^0, 3 x 10^0, ..."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  xs = sorted({float(x) for pts in points.values() for x, _ in pts if float(x) > 0})
+  if 0 < len(xs) <= 12:
+    ax.set_xticks(xs, [_label(int(x) if x.is_integer() else x) for x in xs])
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+
+
+def _categories(points):
+  """The x values in first-appearance order when any is not a number, else None."""
+  xs = [x for pts in points.values() for x, _ in pts]
+  if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
+    return None
+  return list(dict.fromkeys(_label(x) for x in xs))
+
+
+def _draw_line(ax, label, pts, categories):
+  # The mean over trials at the same x (seeds), in x order (category order if categorical).
+  by_x = {}
+  for x, y in pts:
+    by_x.setdefault(categories.index(_label(x)) if categories else x, []).append(y)
+  xs = sorted(by_x)
+  ax.plot(xs, [float(np.mean(by_x[x])) for x in xs], marker="o", label=label or None)
+
+
+def _draw_loglog(ax, label, pts):
+  pts = [(float(x), y) for x, y in pts if float(x) > 0 and y > 0]  # logs need positives
+  if not pts:
+    return
+  xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+  name = f"{label}: " if label else ""
+  if len(set(xs)) < 2:
+    ax.plot(xs, ys, "o", label=f"{name}slope n/a (one x)")
+    return
+  a, b = loglog_slope(xs, ys)
+  line = ax.plot(xs, ys, "o", label=f"{name}slope {b:.2f}")[0]
+  grid = np.geomspace(xs.min(), xs.max(), 50)
+  ax.plot(grid, np.exp(a) * grid ** b, "--", color=line.get_color(), alpha=0.6)

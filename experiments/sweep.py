@@ -1,0 +1,95 @@
+"""Runs a sweep: every trial of a sweep config through the trainer, resumably.
+
+    python -m experiments.sweep --config=configs/sweeps/<name>.py:scale=cpu --workdir=DIR
+
+The config file has `get_config(arg)` (the base config) and `get_sweep(h)`
+(the grid, built with h.product, h.sweep, h.zipit, h.chainit, h.fixed; or
+`get_sweep(h, config)` to read the base config) and optionally
+`get_tables(config)` (the tables experiments.tables renders).
+`--config.<field>=<value>` overrides apply to every trial. Running the same
+command again skips completed trials and resumes the interrupted one;
+`--num_shards=N --shard_index=i` runs every N-th trial (hosts sharing DIR);
+`--retry_failed` runs failed and diverged trials again; `--dry_run` lists the
+trials and their status, and exits.
+"""
+
+import importlib.util
+import inspect
+import logging as std_logging
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from attention_research.sweep import grid
+from attention_research.sweep import runner
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file, e.g. "
+                                          "configs/sweeps/positional.py:scale=cpu.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (trials/<id>/ per trial).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the trials and their status, and exit.")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Split the trials N ways...")
+_SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "...and run every N-th from this one.")
+_RETRY = flags.DEFINE_bool("retry_failed", False, "Run failed and diverged trials again (the "
+                           "earlier attempt is kept under attempts/).")
+_CACHE = flags.DEFINE_string("jax_cache_dir", "~/.cache/attention_research/jax",
+                             "Persistent compilation cache ('' turns it off).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def load_sweep(path, base_config):
+  """(grid, tables) from the config file `path` (the one --config names).
+
+  get_sweep(h) (or get_sweep(h, config), to read the base config, e.g. its
+  scale) gives the grid; the optional get_tables(config) gives the
+  table specs (see attention_research/sweep/tables.py) for the base config.
+  """
+  spec = importlib.util.spec_from_file_location("sweep_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_sweep"):
+    raise ValueError(f"--config={path} has no get_sweep(h): not a sweep config")
+  tables = module.get_tables(base_config) if hasattr(module, "get_tables") else []
+  takes_config = len(inspect.signature(module.get_sweep).parameters) > 1
+  sweep_grid = module.get_sweep(grid, base_config) if takes_config else module.get_sweep(grid)
+  return sweep_grid, tables
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= std_logging.WARNING or "orbax" not in r.pathname)
+  if _CACHE.value:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  runner.check_shard(_NUM_SHARDS.value, _SHARD_INDEX.value)
+  # The flag's file name keeps the ":arg" suffix; the module is the part before.
+  path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
+  sweep_grid, tables = load_sweep(path, _CONFIG.value)
+  trials = runner.make_trials(_CONFIG.value, sweep_grid)
+  # A --config.<field> that the grid also sets would be silently overwritten.
+  overridden = set(config_flags.get_override_values(flags.FLAGS["config"]))
+  grid_fields = {f for t in sweep_grid for f in t}
+  shadowed = sorted(o for o in overridden for g in grid_fields
+                    if o == g or o.startswith(g + ".") or g.startswith(o + "."))
+  if shadowed:
+    raise ValueError(f"--config.{shadowed[0]}: the sweep grid sets this field per trial, so "
+                     f"the command-line value would be ignored; edit the sweep config instead")
+  if _DRY_RUN.value:
+    for index, tid, name, _, _ in trials:
+      shard = index % _NUM_SHARDS.value
+      print(f"{index + 1:4d}  {tid}  shard {shard}  "
+            f"{runner.trial_status(_WORKDIR.value, tid):11s}  {name}")
+    return
+  runner.run(trials, _WORKDIR.value, num_shards=_NUM_SHARDS.value,
+             shard_index=_SHARD_INDEX.value, retry_failed=_RETRY.value, config_path=path,
+             tables=tables)
+  print(runner.summary_table(trials, _WORKDIR.value))
+
+
+if __name__ == "__main__":
+  app.run(main)

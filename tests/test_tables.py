@@ -1,0 +1,374 @@
+"""Sweep tables and plots on a hand-built sweep workdir: exact text, published columns, slopes.
+
+No training: sweep.json and the result.json files are written by hand, with a
+missing, a diverged and a failed trial, two seeds in one cell, and a cell
+where one seed completed and one diverged.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from attention_research.sweep import tables
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+HEADS = {
+    "name": "heads",
+    "caption": "Eval accuracy by heads (synthetic tasks stand in for WMT).",
+    "rows": ["num_heads"],
+    "columns": ["task"],
+    "metric": "final_eval.accuracy",
+    "metric_label": "eval accuracy",
+    "format": "{:.3f}",
+    "published": {"source": "Vaswani et al. 2017, Table 3",
+                  "columns": ["PPL (dev)", "BLEU (dev)"],
+                  "rows": {"1": [5.29, 24.9], "8": [4.91, 25.8], "16": [4.88, 25.8]}},
+    "plots": [{"kind": "line", "x": "num_heads", "y": "final_eval.accuracy", "series": "task",
+               "logx": True}],
+}
+COPY_LOSS = {
+    "name": "copy_loss",
+    "caption": "Eval loss on copy.",
+    "rows": ["num_heads"],
+    "columns": [],
+    "metric": "final_eval.loss",
+    "metric_label": "eval loss",
+    "format": "{:.2f}",
+    "filters": {"task": "copy"},
+}
+
+# (overrides, result or None for "not run yet"); accuracy and loss chosen so
+# that means are exact in binary and their formatting cannot round either way.
+TRIALS = [
+    ({"num_heads": 1, "task": "order"}, ("completed", 0.5, 0.75)),
+    ({"num_heads": 1, "task": "copy"}, ("completed", 0.25, 2.5)),
+    ({"num_heads": 4, "task": "order"}, ("diverged", None, None)),
+    ({"num_heads": 4, "task": "copy"}, None),
+    ({"num_heads": 8, "task": "order", "seed": 0}, ("completed", 0.875, 0.5)),
+    ({"num_heads": 8, "task": "order", "seed": 1}, ("completed", 0.9375, 0.25)),
+    ({"num_heads": 8, "task": "copy"}, ("failed", None, None)),
+    ({"num_heads": 2, "task": "order", "seed": 0}, ("completed", 0.625, 1.0)),
+    ({"num_heads": 2, "task": "order", "seed": 1}, ("diverged", None, None)),
+    ({"num_heads": 2, "task": "copy"}, ("completed", 0.125, 3.25)),
+    ({"pos": "rope", "task": "order"}, ("completed", 0.99, 0.01)),  # no num_heads: not in them
+]
+
+
+def _result(status, accuracy, loss, **extra):
+  result = {"status": status, "num_params": 1000, "flops_per_token": 2000.0,
+            "wall_time_s": 1.5, "train_steps_per_s": 10.0, "train_step_temp_bytes": 4096}
+  if status == "completed":
+    result["final_eval"] = {"accuracy": accuracy, "loss": loss}
+  else:
+    result.update(final_eval=None, error=f"{status} on purpose")
+  return result | extra
+
+
+def make_workdir(root, trials, specs):
+  """A sweep workdir laid out as runner.run leaves it."""
+  os.makedirs(root, exist_ok=True)
+  entries = []
+  for index, (overrides, result) in enumerate(trials):
+    tid = f"{index:010x}"
+    entries.append({"index": index, "id": tid, "name": json.dumps(overrides),
+                    "overrides": overrides})
+    if result is not None:
+      os.makedirs(os.path.join(root, "trials", tid))
+      if isinstance(result, tuple):
+        result = _result(*result)
+      with open(os.path.join(root, "trials", tid, "result.json"), "w") as f:
+        json.dump(result, f)
+  with open(os.path.join(root, "sweep.json"), "w") as f:
+    json.dump({"config": "configs/sweeps/fake.py", "tables": specs, "trials": entries}, f)
+  return str(root)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+  return make_workdir(tmp_path / "sweep", TRIALS, [HEADS, COPY_LOSS])
+
+
+PUB = "Vaswani et al. 2017, Table 3"
+EXPECTED_MARKDOWN = f"""\
+**heads**: Eval accuracy by heads (synthetic tasks stand in for WMT).
+
+| num_heads | task=order | task=copy | {PUB}: PPL (dev) | {PUB}: BLEU (dev) |
+|:---|---:|---:|---:|---:|
+| 1 | 0.500 | 0.250 | 5.29 | 24.9 |
+| 4 | diverged |  |  |  |
+| 8 | 0.906 (n=2) | failed | 4.91 | 25.8 |
+| 2 | 0.625 (n=1; 1 diverged) | 0.125 |  |  |
+| 16 |  |  | 4.88 | 25.8 |
+
+*(n=k): the mean over the cell's k completed trials (or, after a status, the k trials that \
+ended so).*
+
+**copy_loss**: Eval loss on copy.
+
+| num_heads | eval loss |
+|:---|---:|
+| 1 | 2.50 |
+| 4 |  |
+| 8 | failed |
+| 2 | 3.25 |
+"""
+
+EXPECTED_CSV = f"""\
+num_heads,task=order,task=copy,"{PUB}: PPL (dev)","{PUB}: BLEU (dev)"
+1,0.500,0.250,5.29,24.9
+4,diverged,,,
+8,0.906 (n=2),failed,4.91,25.8
+2,0.625 (n=1; 1 diverged),0.125,,
+16,,,4.88,25.8
+
+num_heads,eval loss
+1,2.50
+4,
+8,failed
+2,3.25
+"""
+
+
+def test_markdown_is_the_hand_written_table(workdir):
+  # Rows in first-appearance order (1, 4, 8, 2, not sorted), the paper's extra
+  # row (16) after ours; a missing trial blank, unsuccessful ones by status,
+  # seeds as mean and count; the pos=rope trial (no num_heads) left out.
+  assert tables.render(workdir, "markdown") == EXPECTED_MARKDOWN
+
+
+def test_csv_is_the_hand_written_table(workdir):
+  # Standard CSV: a header with a comma in it is quoted, so csv readers split it right.
+  assert tables.render(workdir, "csv") == EXPECTED_CSV
+
+
+def test_latex_has_caption_label_and_separate_published_columns(workdir):
+  text = tables.render(workdir, "latex")
+  heads = text.split("\n\n")[0]
+  assert r"\begin{table}[t]" in heads and r"\end{table}" in heads
+  assert (r"\caption{Eval accuracy by heads (synthetic tasks stand in for WMT). (n=k): the mean "
+          r"over the cell's k completed trials (or, after a status, the k trials that ended "
+          r"so).}") in heads
+  assert r"\label{tab:heads}" in heads
+  # Our three columns, a rule, then the paper's two.
+  assert r"\begin{tabular}{lrr|rr}" in heads
+  assert (rf"num\_heads & task=order & task=copy & {PUB}: PPL (dev) & {PUB}: BLEU (dev) \\"
+          in heads)
+  assert r"8 & 0.906 (n=2) & failed & 4.91 & 25.8 \\" in heads
+  assert r"16 &  &  & 4.88 & 25.8 \\" in heads
+  assert r"\caption{Eval loss on copy.}" in text and r"\begin{tabular}{lr}" in text
+
+
+def test_latex_escapes_special_characters():
+  table = {"name": "a_b", "caption": "50% of $x_1$ & more", "header": ["f_1", "#"],
+           "rows": [["a&b", "{1}"]], "note": "", "num_ours": 2}
+  text = tables.format_table(table, "latex")
+  assert r"\caption{50\% of \$x\_1\$ \& more}" in text
+  assert r"f\_1 & \# \\" in text and r"a\&b & \{1\} \\" in text
+
+
+def test_markdown_escapes_pipes():
+  table = {"name": "t", "caption": "", "header": ["a|b", "c"], "rows": [["x|y", "1"]],
+           "note": "", "num_ours": 2}
+  assert tables.format_table(table, "markdown") == (
+      "**t**\n\n| a\\|b | c |\n|:---|---:|\n| x\\|y | 1 |")
+
+
+def test_cell_mean_matches_numpy_and_counts_statuses():
+  trials = [{"id": str(i), "name": str(i), "overrides": {}} for i in range(5)]
+  values = [0.1, 0.2, 0.4]
+  results = {str(i): _result("completed", v, 1.0) for i, v in enumerate(values)}
+  results["3"], results["4"] = _result("failed", 0, 0), _result("failed", 0, 0)
+  assert tables._cell(trials, results, "final_eval.accuracy", "{:.6f}") == (
+      f"{np.mean(values):.6f} (n=3; 2 failed)")
+  assert tables._cell(trials[3:], results, "final_eval.accuracy", "{:.6f}") == "failed (n=2)"
+  results["0"]["final_eval"]["accuracy"] = None  # e.g. a backend that reports no memory
+  assert tables._cell(trials[:1], results, "final_eval.accuracy", "{:.6f}") == "n/a"
+
+
+def test_nested_and_dotted_override_fields():
+  overrides = {"task_options": {"seq_len": 256, "inner": {"k": 3}}, "model.depth": 2}
+  assert tables.field_value(overrides, "task_options.seq_len") == 256
+  assert tables.field_value(overrides, "task_options.inner.k") == 3
+  assert tables.field_value(overrides, "model.depth") == 2
+  assert tables.field_value(overrides, "task_options.nope", None) is None
+  with pytest.raises(KeyError):
+    tables.field_value(overrides, "num_heads")
+
+
+def test_loglog_slope_of_exact_power_laws():
+  x = np.array([256.0, 512.0, 1024.0, 4096.0])
+  a, b = tables.loglog_slope(x, 3 * x ** 2)
+  assert f"{b:.3f}" == "2.000" and a == pytest.approx(math.log(3), abs=1e-9)
+  # Against a hand-computed fit on noisy data: slope = cov(lx, ly) / var(lx).
+  ly = np.log([1.0, 3.0, 2.0, 8.0])
+  lx = np.log(x)
+  slope = np.sum((lx - lx.mean()) * (ly - ly.mean())) / np.sum((lx - lx.mean()) ** 2)
+  assert tables.loglog_slope(x, np.exp(ly))[1] == pytest.approx(slope, rel=1e-12)
+  with pytest.raises(ValueError, match="two distinct x"):
+    tables.loglog_slope([4.0, 4.0], [1.0, 2.0])
+
+
+SEQ_TRIALS = (
+    # The grid may set the field dotted or the whole dict: both count.
+    [({"attention": "dense", "task_options.seq_len": n}, ("completed", 0.5, 1.0))
+     for n in (128, 256, 512)]
+    + [({"attention": "linear", "task_options": {"seq_len": n}}, ("completed", 0.5, 1.0))
+       for n in (128, 256, 512, 1024)]
+    + [({"attention": "linear", "task_options": {"seq_len": 2048}}, ("diverged", 0, 0)),
+       ({"attention": "dense", "task_options.seq_len": 1024}, None)])
+SEQ_TABLE = {
+    "name": "seq", "caption": "Memory by length.", "rows": ["task_options.seq_len"],
+    "columns": ["attention"], "metric": "train_step_temp_bytes", "format": "{:.0f}",
+    "plots": [{"kind": "loglog_slope", "x": "task_options.seq_len",
+               "y": "train_step_temp_bytes", "series": "attention", "title": "memory"},
+              {"kind": "line", "x": "num_params", "y": "final_eval.loss"}],
+}
+
+
+def _seq_workdir(root):
+  trials = []
+  for overrides, result in SEQ_TRIALS:
+    if isinstance(result, tuple):
+      n = tables.field_value(overrides, "task_options.seq_len")
+      memory = 3 * n ** 2 if overrides["attention"] == "dense" else 5 * n
+      result = _result(*result, train_step_temp_bytes=memory, num_params=n)
+    trials.append((overrides, result))
+  return make_workdir(root, trials, [SEQ_TABLE])
+
+
+def test_loglog_plot_fits_each_series_and_writes_pngs(tmp_path):
+  workdir = _seq_workdir(tmp_path / "sweep")
+  _, trials, results = tables.load(workdir)
+  points = tables.plot_points(SEQ_TABLE, SEQ_TABLE["plots"][0], trials, results)
+  # The diverged (2048) and missing (dense 1024) trials are skipped.
+  assert points == {"dense": [(n, 3.0 * n * n) for n in (128, 256, 512)],
+                    "linear": [(n, 5.0 * n) for n in (128, 256, 512, 1024)]}
+  labels = tables.plot(SEQ_TABLE, SEQ_TABLE["plots"][0], trials, results,
+                       str(tmp_path / "p.png"))
+  assert labels == ["dense: slope 2.00", "linear: slope 1.00"]
+  # x from result.json (num_params) when no trial overrides it.
+  assert tables.plot_points(SEQ_TABLE, SEQ_TABLE["plots"][1], trials, results) == {
+      "": [(n, 1.0) for n in (128, 256, 512, 128, 256, 512, 1024)]}
+
+  paths = tables.write(workdir, str(tmp_path / "out"), "csv")
+  assert [os.path.basename(p) for p in paths] == ["seq.csv", "seq_0.png", "seq_1.png"]
+  for path in paths[1:]:
+    with open(path, "rb") as f:
+      data = f.read()
+    assert data[:8] == PNG_MAGIC and len(data) > 1000
+  with open(paths[0]) as f:
+    assert f.read() == ("task_options.seq_len,attention=dense,attention=linear\n"
+                        "128,49152,640\n256,196608,1280\n512,786432,2560\n1024,,5120\n"
+                        "2048,,diverged\n")
+
+
+def test_line_plot_ratio_and_categorical_x(tmp_path):
+  trials = [({"num_layers": layers, "d_model": d, "pos": pos}, ("completed", acc, loss))
+            for layers, d, pos, acc, loss in [(2, 128, "rope", 0.5, 2.0),
+                                              (4, 64, "none", 0.25, 3.0),
+                                              (2, 128, "none", 0.75, 1.0)]]
+  spec = {"name": "shape", "rows": ["num_layers"], "metric": "final_eval.loss",
+          "plots": [{"kind": "line", "x": "d_model/num_layers"},
+                    {"kind": "line", "x": "pos", "y": "final_eval.accuracy"}]}
+  workdir = make_workdir(tmp_path / "sweep", trials, [spec])
+  _, trial_list, results = tables.load(workdir)
+  assert tables.plot_points(spec, spec["plots"][0], trial_list, results) == {
+      "": [(64.0, 2.0), (16.0, 3.0), (64.0, 1.0)]}
+  assert tables.plot_points(spec, spec["plots"][1], trial_list, results) == {
+      "": [("rope", 0.5), ("none", 0.25), ("none", 0.75)]}
+  paths = tables.write(workdir, str(tmp_path / "out"), "markdown")
+  assert [os.path.getsize(p) > 1000 for p in paths[1:]] == [True, True]
+
+
+def test_table_with_no_results_yet_is_all_blank(tmp_path):
+  workdir = make_workdir(tmp_path / "s", [({"num_heads": 1, "task": "copy"}, None)],
+                         [COPY_LOSS])
+  assert tables.render(workdir, "csv") == "num_heads,eval loss\n1,\n"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rows": ["num_layers"]}, r"field 'num_layers' is in no trial's overrides"),
+    ({"columns": ["attention"]}, r"field 'attention' is in no trial's overrides"),
+    ({"filters": {"pos_typo": "rope"}}, r"`filters`: field 'pos_typo'"),
+    ({"metric": "final_eval.acc"}, r"metric 'final_eval.acc'.*no 'acc' in final_eval"),
+    ({"metric": "final_eval.accuracy.x"}, r"no 'x' in final_eval.accuracy"),
+    ({"colums": ["task"]}, r"unknown key\(s\) \['colums'\]"),
+    ({"format": "{:.3q}"}, r"`format` '\{:.3q\}' cannot format"),
+    ({"published": {"source": "P", "columns": ["a", "b"], "rows": {"1": [1.0]}}},
+     r"published row '1' has 1 values for 2 columns"),
+    ({"plots": [{"kind": "bar", "x": "num_heads"}]}, r"`kind` must be one of"),
+    ({"plots": [{"kind": "line", "x": "num_heads", "series": "seeds"}]},
+     r"`series`: field 'seeds'"),
+    ({"plots": [{"kind": "line", "x": "num_heads/d_model"}]}, r"`x`: field 'd_model'"),
+])
+def test_bad_specs_are_value_errors_naming_the_field(tmp_path, change, message):
+  workdir = make_workdir(tmp_path / "s", TRIALS, [HEADS | change])
+  with pytest.raises(ValueError, match=message):
+    tables.render(workdir, "markdown")
+
+
+def test_bad_workdir_and_format(tmp_path, workdir):
+  with pytest.raises(ValueError, match="no sweep.json"):
+    tables.render(str(tmp_path / "nowhere"))
+  with pytest.raises(ValueError, match=r"format must be one of \['csv', 'latex', 'markdown'\]"):
+    tables.render(workdir, "html")
+  empty = make_workdir(tmp_path / "empty", TRIALS[:1], [])
+  with pytest.raises(ValueError, match="declares no tables"):
+    tables.render(empty)
+
+
+def test_binary_prints_and_writes(tmp_path, workdir):
+  out = tmp_path / "out"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.tables", f"--workdir={workdir}", "--format=csv",
+       f"--out_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout == EXPECTED_CSV
+  assert sorted(os.listdir(out)) == ["copy_loss.csv", "heads.csv", "heads_0.png"]
+  with open(out / "heads.csv") as f:
+    assert f.read() == EXPECTED_CSV.split("\n\n")[0] + "\n"
+  bad = subprocess.run([sys.executable, "-m", "experiments.tables", f"--workdir={workdir}",
+                        "--format=html"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert bad.returncode != 0 and "format must be one of" in bad.stderr
+
+
+def test_write_checks_every_plot_before_writing_anything(tmp_path):
+  bad = HEADS | {"plots": [{"kind": "line", "x": "num_heads", "y": "final_eval.bleu"}]}
+  workdir = make_workdir(tmp_path / "bad", TRIALS, [COPY_LOSS, bad])
+  with pytest.raises(ValueError, match=r"metric 'final_eval.bleu'.*no 'bleu' in final_eval"):
+    tables.write(workdir, str(tmp_path / "out"), "markdown")
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_reads_the_layout_runner_writes(tmp_path):
+  # The runner with a stand-in trainer (which writes result.json as the real
+  # one does): guards against the two sides drifting apart.
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from attention_research.sweep import grid as h  # pylint: disable=g-import-not-at-top
+  from attention_research.sweep import runner  # pylint: disable=g-import-not-at-top
+
+  def fake_train(config, workdir):
+    result = (_result("diverged", 0, 0) if config.num_heads == 4 else
+              _result("completed", config.num_heads / 10, 1.0))
+    with open(os.path.join(workdir, "result.json"), "w") as f:
+      json.dump(result, f)
+    return result
+
+  base = ml_collections.ConfigDict({"num_heads": 1, "task": "order",
+                                    "task_options": {"seq_len": 8}})
+  grid = h.product([h.sweep("num_heads", [2, 4, 1]), h.sweep("task", ["order", "copy"])])
+  spec = {"name": "t", "rows": ["num_heads"], "columns": ["task"],
+          "metric": "final_eval.accuracy", "format": "{:.1f}"}
+  trials = runner.make_trials(base, grid)
+  workdir = str(tmp_path / "sweep")
+  # Shard 0 of 2 runs trials 0, 2, 4 (the "order" ones); the "copy" ones stay blank.
+  runner.run(trials, workdir, num_shards=2, shard_index=0, tables=[spec], train_fn=fake_train)
+  assert tables.render(workdir, "csv") == (
+      "num_heads,task=order,task=copy\n2,0.2,\n4,diverged,\n1,0.1,\n")
