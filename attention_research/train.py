@@ -49,7 +49,7 @@ MODELS_FOR_KIND = {"classification": ("classifier",), "lm": ("decoder",)}
 # Fields a resumed run may change: they decide how long and how often, not
 # what is trained.
 RESUMABLE_CHANGES = ("total_steps", "log_every", "eval_every", "checkpoint_every",
-                     "keep_checkpoints", "num_eval_batches", "data_dir")
+                     "keep_checkpoints", "num_eval_batches", "data_dir", "scale")
 
 
 def validate_config(config, num_devices):
@@ -147,15 +147,20 @@ def _truncate_metrics(path, last_step):
   os.replace(path + ".tmp", path)
 
 
-def _check_unchanged(config, saved_path):
-  """A checkpoint is resumed only under the config that wrote it."""
+def config_changes(config, saved_path, ignore=()):
+  """Fields (outside `ignore`) where `config` differs from the saved config.json."""
   if not os.path.exists(saved_path):
-    return
+    return []
   with open(saved_path) as f:
     saved = json.load(f)
   current = json.loads(config.to_json_best_effort())
-  changed = sorted(k for k in set(saved) | set(current)
-                   if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+  return sorted(k for k in set(saved) | set(current)
+                if k not in ignore and saved.get(k) != current.get(k))
+
+
+def _check_unchanged(config, saved_path):
+  """A checkpoint is resumed only under the config that wrote it."""
+  changed = config_changes(config, saved_path, RESUMABLE_CHANGES)
   if changed:
     raise ValueError(
         f"the workdir holds a checkpoint of a run with a different config: fields {changed} "
@@ -390,9 +395,11 @@ def _train(config, workdir, start_time, result):
 
   # ----------------------------------------------------------------- final
   wall_time = previous_wall_time + time.time() - start_time
-  if speeds:  # the first window includes warm-up; the median shrugs it off
-    result.update(train_steps_per_s=float(np.median(speeds)),
-                  train_tokens_per_s=float(np.median(speeds)) * tokens_per_step)
+  # The first window includes warm-up; the median shrugs it off. None when
+  # this process logged no window (it resumed at the last step).
+  median_speed = float(np.median(speeds)) if speeds else None
+  result.update(train_steps_per_s=median_speed,
+                train_tokens_per_s=median_speed and median_speed * tokens_per_step)
   if diverged_step is not None:
     result.update(status="diverged", diverged_step=diverged_step, wall_time_s=wall_time,
                   final_eval=None, error=f"non-finite loss at step {diverged_step}")

@@ -26,6 +26,7 @@ from ml_collections import config_flags
 
 from attention_research.sweep import grid
 from attention_research.sweep import runner
+from attention_research.sweep import tables as tables_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file, e.g. "
                                           "configs/sweeps/positional.py:scale=cpu.")
@@ -89,6 +90,8 @@ def main(argv):
              shard_index=_SHARD_INDEX.value, retry_failed=_RETRY.value, config_path=path,
              tables=tables)
   print(runner.summary_table(trials, _WORKDIR.value))
+  if tables:  # and the tables the sweep config declares
+    print("\n" + tables_lib.render(_WORKDIR.value), end="")
 
 
 if __name__ == "__main__":

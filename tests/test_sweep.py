@@ -123,6 +123,31 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
   assert "d_model" in failed["error"]
 
 
+def test_a_rerun_under_another_config_or_grid_is_refused(tmp_path):
+  trials = tiny_trials(tmp_path / "data")[:1]
+  workdir = str(tmp_path / "sweep")
+  runner.run(trials, workdir)
+  longer = tiny_sweep.get_config()
+  longer.data_dir, longer.total_steps = str(tmp_path / "data"), 60
+  with pytest.raises(ValueError, match=r"different config \(fields \['total_steps'\]"):
+    runner.run(runner.make_trials(longer, tiny_sweep.get_sweep(h))[:1], workdir)
+  with pytest.raises(ValueError, match="other trials"):
+    runner.run(tiny_trials(tmp_path / "data"), workdir)
+
+
+def test_a_trial_whose_process_keeps_dying_is_recorded_as_failed(tmp_path):
+  trials = tiny_trials(tmp_path / "data")[:1]
+  workdir = str(tmp_path / "sweep")
+  tid = trials[0][1]
+  os.makedirs(runner.trial_dir(workdir, tid))
+  with open(os.path.join(workdir, "events.jsonl"), "w") as f:  # two starts, no end
+    for _ in range(runner.MAX_DEATHS):
+      f.write(json.dumps({"event": "start", "id": tid, "shard": 0}) + "\n")
+  assert runner.run(trials, workdir) == {}
+  result = runner.read_result(workdir, tid)
+  assert result["status"] == "failed" and "died" in result["error"]
+
+
 def test_summary_shows_missing_trials_as_pending(tmp_path):
   trials = tiny_trials(tmp_path / "data")
   table = runner.summary_table(trials, str(tmp_path / "nothing_yet"))
@@ -161,3 +186,10 @@ def test_killed_sweep_reruns_to_every_trial_completed_once(tmp_path):
   finished = ends(workdir)
   assert sorted(tid for tid, _ in finished) == sorted(t["id"] for t in trials)  # once each
   assert "| completed |" in rerun.stdout and "| diverged |" in rerun.stdout
+  resumed = [runner.read_result(str(workdir), t["id"]).get("resumed_from_step") for t in trials]
+  assert any(step and step >= 10 for step in resumed), resumed  # resumed, not restarted
+
+  # A command-line value for a field the grid sets would be overwritten: refused.
+  shadowed = subprocess.run(command + ["--config.num_heads=4", "--dry_run"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+  assert shadowed.returncode != 0 and "--config.num_heads" in shadowed.stderr

@@ -22,7 +22,6 @@ share one workdir.
 import copy
 import json
 import os
-import shutil
 import time
 
 from absl import logging
@@ -32,6 +31,11 @@ from attention_research.sweep import grid as grid_lib
 
 DONE = "completed"
 UNSUCCESSFUL = ("failed", "diverged")
+# A trial whose process died this many times without a result (killed by the
+# OOM killer, say) is recorded as failed instead of being resumed forever.
+MAX_DEATHS = 2
+# Fields a finished trial's config may differ in and still count as done.
+BOOKKEEPING = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "data_dir")
 
 
 def make_trials(base_config, grid):
@@ -106,8 +110,47 @@ def _set_aside(workdir, tid):
   """Moves an unsuccessful attempt to attempts/<id>.<n>, so a retry starts fresh."""
   attempts = os.path.join(workdir, "attempts")
   os.makedirs(attempts, exist_ok=True)
-  n = sum(name.startswith(tid + ".") for name in os.listdir(attempts)) + 1
-  shutil.move(trial_dir(workdir, tid), os.path.join(attempts, f"{tid}.{n}"))
+  numbers = [int(name.rsplit(".", 1)[1]) for name in os.listdir(attempts)
+             if name.startswith(tid + ".")]
+  attempt = max(numbers, default=0) + 1
+  os.rename(trial_dir(workdir, tid), os.path.join(attempts, f"{tid}.{attempt}"))
+
+
+def _check_same_config(workdir, tid, name, config):
+  """A trial's earlier result counts only if it came from this trial's config."""
+  changed = train.config_changes(config, os.path.join(trial_dir(workdir, tid), "config.json"),
+                                 BOOKKEEPING)
+  if changed:
+    raise ValueError(
+        f"trial {name!r} in {trial_dir(workdir, tid)} ran with a different config (fields "
+        f"{changed} differ), e.g. a quick look with other --config.* values or another scale; "
+        f"use a new --workdir")
+
+
+def _deaths(workdir, tid):
+  """Starts of this trial that no end followed: its process died mid-trial."""
+  path = os.path.join(workdir, "events.jsonl")
+  if not os.path.exists(path):
+    return 0
+  open_starts = 0
+  with open(path) as f:
+    for line in f:
+      event = json.loads(line)
+      if event["id"] == tid:
+        open_starts = open_starts + 1 if event["event"] == "start" else 0
+  return open_starts
+
+
+def _check_same_trials(workdir, trials):
+  """Every shard and rerun of a sweep must share its trial list."""
+  path = os.path.join(workdir, "sweep.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = [t["id"] for t in json.load(f)["trials"]]
+  if saved != [t[1] for t in trials]:
+    raise ValueError(f"{path} lists other trials than this sweep config gives (a changed grid "
+                     f"or config?); use a new --workdir")
 
 
 def check_shard(num_shards, shard_index):
@@ -125,6 +168,7 @@ def run(trials, workdir, *, num_shards=1, shard_index=0, retry_failed=False, con
   sweep.json for the tables binary.
   """
   check_shard(num_shards, shard_index)
+  _check_same_trials(workdir, trials)
   os.makedirs(os.path.join(workdir, "trials"), exist_ok=True)
   _write_json(os.path.join(workdir, "sweep.json"), {
       "config": config_path, "tables": list(tables),
@@ -133,7 +177,14 @@ def run(trials, workdir, *, num_shards=1, shard_index=0, retry_failed=False, con
   mine = [t for t in trials if t[0] % num_shards == shard_index]
   todo = []
   for trial in mine:
+    _check_same_config(workdir, trial[1], trial[2], trial[4])
     status = trial_status(workdir, trial[1])
+    if status == "interrupted" and _deaths(workdir, trial[1]) >= MAX_DEATHS:
+      _write_json(os.path.join(trial_dir(workdir, trial[1]), "result.json"), {
+          "status": "failed", "final_eval": None,
+          "error": f"the process died {MAX_DEATHS} times during this trial without a result "
+                   f"(out of memory?)"})
+      status = "failed"
     if status == DONE or (status in UNSUCCESSFUL and not retry_failed):
       logging.info("trial %d/%d %s: %s already, skipped", trial[0] + 1, len(trials), trial[2],
                    status)
