@@ -105,6 +105,33 @@ def make_config(config_cls, options):
   return config_cls(name=config_name(ordered), **ordered)
 
 
-def split_generators(config, generate_split):
-  """{split: generate_split(split, size)} for the builder's `_split_generators`."""
-  return {split: generate_split(split, getattr(config, f"num_{split}")) for split in SPLITS}
+def lm_features():
+  """An LM example: next-token targets, and where the loss counts."""
+  return tfds.features.FeaturesDict({
+      "inputs": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+      "targets": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+      "target_mask": tfds.features.Tensor(shape=(None,), dtype=np.bool_)})
+
+
+def classification_features(num_classes):
+  return tfds.features.FeaturesDict({
+      "inputs": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+      "label": tfds.features.ClassLabel(num_classes=num_classes)})
+
+
+class GeneratedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """What every generated task's builder shares: a split per SPLITS, sized by
+  the config's num_<split>, filled by the task's `generate(options, split, i)`.
+
+  A task's builder adds name, VERSION, code_path, `generate` and `_info`.
+  """
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split, getattr(self.builder_config, f"num_{split}"))
+            for split in SPLITS}
+
+  def _generate_examples(self, split, num_examples):
+    options = config_options(self.builder_config)
+    for i in range(num_examples):
+      yield i, type(self).generate(options, split, i)

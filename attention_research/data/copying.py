@@ -71,29 +71,18 @@ def generate(options, split, index) -> dict:
   return {"inputs": seq[:-1], "targets": seq[1:], "target_mask": target_mask}
 
 
-class Copying(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Copying(common.GeneratedBuilder, skip_registration=True):
   """Copy or reverse a random payload; options in CopyingConfig."""
 
   name = NAME
   VERSION = tfds.core.Version("1.0.0")
   # Where TFDS looks for checksums; its own lookup needs importlib_resources.
   code_path = epath.Path(__file__)
+  generate = staticmethod(generate)
 
   def _info(self):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "inputs": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-            "targets": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-            "target_mask": tfds.features.Tensor(shape=(None,), dtype=np.bool_)}),
+        features=common.lm_features(),
         citation="Graves et al. 2014, arXiv:1410.5401")
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return common.split_generators(self.builder_config, self._generate_examples)
-
-  def _generate_examples(self, split, num_examples):
-    options = common.config_options(self.builder_config)
-    for i in range(num_examples):
-      yield i, generate(options, split, i)

@@ -215,30 +215,20 @@ def generate(options, split, index) -> dict:
   return {"inputs": np.asarray(out, np.int32), "label": label}
 
 
-class ListOps(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class ListOps(common.GeneratedBuilder, skip_registration=True):
   """ListOps (LRA variant, brackets kept); options in ListOpsConfig."""
 
   name = NAME
   VERSION = tfds.core.Version("1.0.0")
   # Where TFDS looks for checksums; its own lookup needs importlib_resources.
   code_path = epath.Path(__file__)
+  generate = staticmethod(generate)
 
   def _info(self):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "inputs": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES)}),
+        features=common.classification_features(NUM_CLASSES),
         supervised_keys=("inputs", "label"),
         homepage="https://github.com/google-research/long-range-arena",
         citation="Nangia and Bowman 2018, arXiv:1804.06028; Tay et al. 2020, arXiv:2011.04006")
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return common.split_generators(self.builder_config, self._generate_examples)
-
-  def _generate_examples(self, split, num_examples):
-    options = common.config_options(self.builder_config)
-    for i in range(num_examples):
-      yield i, generate(options, split, i)

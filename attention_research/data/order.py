@@ -81,28 +81,18 @@ def generate(options, split, index) -> dict:
   return {"inputs": tokens.astype(np.int32), "label": label}
 
 
-class Order(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Order(common.GeneratedBuilder, skip_registration=True):
   """Which of num_markers markers comes first; options in OrderConfig."""
 
   name = NAME
   VERSION = tfds.core.Version("1.0.0")
   # Where TFDS looks for checksums; its own lookup needs importlib_resources.
   code_path = epath.Path(__file__)
+  generate = staticmethod(generate)
 
   def _info(self):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "inputs": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-            "label": tfds.features.ClassLabel(num_classes=self.builder_config.num_markers)}),
+        features=common.classification_features(self.builder_config.num_markers),
         supervised_keys=("inputs", "label"))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return common.split_generators(self.builder_config, self._generate_examples)
-
-  def _generate_examples(self, split, num_examples):
-    options = common.config_options(self.builder_config)
-    for i in range(num_examples):
-      yield i, generate(options, split, i)
