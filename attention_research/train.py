@@ -57,6 +57,13 @@ def validate_config(config, num_devices):
   if config.task not in data.names():
     raise ValueError(f"config.task: unknown task {config.task!r}; allowed: {data.names()}")
   data.vocab_size(config.task, config.task_options.to_dict())  # validates task_options
+  longest = data.sequence_length(config.task, config.task_options.to_dict())
+  if not isinstance(config.max_len, int) or config.max_len < longest:
+    # The pipeline would cut every longer example: for an LM task that drops
+    # answer tokens, for a classifier the evidence; never silently.
+    raise ValueError(f"config.max_len={config.max_len!r} is shorter than task {config.task!r}'s "
+                     f"examples ({longest} tokens with these task_options); allowed: an "
+                     f"integer >= {longest}")
   models.validate_config(config)
   kind = data.get_task(config.task).kind
   allowed_models = MODELS_FOR_KIND[kind]
@@ -246,7 +253,8 @@ def _train(config, workdir, start_time, result):
   num_params = models.num_params(abstract_state["params"])
   flops_per_token = models.flops_per_token(config, config.max_len, vocab_size=vocab_size,
                                            num_classes=num_classes)
-  result.update(num_params=num_params, flops_per_token=flops_per_token)
+  result.update(num_params=num_params, flops_per_token=flops_per_token,
+                num_block_params=models.num_block_params(abstract_state["params"]))
   logging.info("model %s, attention %s: %d parameters, %.3g forward FLOPs per token",
                config.model, config.attention, num_params, flops_per_token)
 
@@ -282,8 +290,11 @@ def _train(config, workdir, start_time, result):
       for k in totals:
         totals[k] += float(sums[k])
     count = max(totals["count"], 1.0)
-    return {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count,
-            "num_targets": int(totals["count"])}
+    metrics = {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count,
+               "num_targets": int(totals["count"])}
+    if task.kind == "lm":  # per target token, as LM papers report it (Vaswani et al. Table 3)
+      metrics["perplexity"] = math.exp(min(metrics["loss"], 700.0))
+    return metrics
 
   # ------------------------------------------------------------ checkpoint
   # Restore if a complete checkpoint exists; orbax writes each one to a
@@ -399,6 +410,7 @@ def _train(config, workdir, start_time, result):
   # this process logged no window (it resumed at the last step).
   median_speed = float(np.median(speeds)) if speeds else None
   result.update(train_steps_per_s=median_speed,
+                train_step_time_s=median_speed and 1.0 / median_speed,
                 train_tokens_per_s=median_speed and median_speed * tokens_per_step)
   if diverged_step is not None:
     result.update(status="diverged", diverged_step=diverged_step, wall_time_s=wall_time,

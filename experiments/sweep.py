@@ -10,7 +10,12 @@ The config file has `get_config(arg)` (the base config) and `get_sweep(h)`
 command again skips completed trials and resumes the interrupted one;
 `--num_shards=N --shard_index=i` runs every N-th trial (hosts sharing DIR);
 `--retry_failed` runs failed and diverged trials again; `--dry_run` lists the
-trials and their status, and exits.
+trials and their status (a trial another process holds shows as "running"),
+and exits; `--claim_timeout_s` is how long another host's claim on a trial
+outlives its last heartbeat. Two copies of one command share the trials: each
+runs only those it claims. On a pod slice, run the same command with
+`--distributed` on every host: each trial is one multi-process training run,
+and process 0 decides which trials run, writes the sweep's files and prints.
 """
 
 import importlib.util
@@ -36,6 +41,13 @@ _NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Split the trials N ways..."
 _SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "...and run every N-th from this one.")
 _RETRY = flags.DEFINE_bool("retry_failed", False, "Run failed and diverged trials again (the "
                            "earlier attempt is kept under attempts/).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first: one process per host of a "
+    "TPU pod slice or multi-host GPU job, all running every trial together.")
+_CLAIM_TIMEOUT = flags.DEFINE_integer(
+    "claim_timeout_s", runner.STALE_AFTER_S, "A trial claimed by a process on another host "
+    "whose heartbeat is older than this is taken over (a host that was preempted, say); on "
+    "this host, one whose process is gone.")
 _CACHE = flags.DEFINE_string("jax_cache_dir", "~/.cache/attention_research/jax",
                              "Persistent compilation cache ('' turns it off).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -59,11 +71,21 @@ def load_sweep(path, base_config):
   return sweep_grid, tables
 
 
+def status_listing(trials, workdir, num_shards, claim_timeout_s):
+  """One line per trial: number, id, shard, status (as runner.trial_status), name."""
+  return "\n".join(
+      f"{index + 1:4d}  {tid}  shard {index % num_shards}  "
+      f"{runner.trial_status(workdir, tid, claim_timeout_s):11s}  {name}"
+      for index, tid, name, _, _ in trials)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= std_logging.WARNING or "orbax" not in r.pathname)
+  if _DISTRIBUTED.value:  # before anything touches jax devices
+    jax.distributed.initialize()
   if _CACHE.value:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -80,16 +102,18 @@ def main(argv):
   if shadowed:
     raise ValueError(f"--config.{shadowed[0]}: the sweep grid sets this field per trial, so "
                      f"the command-line value would be ignored; edit the sweep config instead")
+  # Process 0 alone prints: the others' view of the workdir may lag; one copy is enough.
+  main_process = jax.process_index() == 0
   if _DRY_RUN.value:
-    for index, tid, name, _, _ in trials:
-      shard = index % _NUM_SHARDS.value
-      print(f"{index + 1:4d}  {tid}  shard {shard}  "
-            f"{runner.trial_status(_WORKDIR.value, tid):11s}  {name}")
+    if main_process:
+      print(status_listing(trials, _WORKDIR.value, _NUM_SHARDS.value, _CLAIM_TIMEOUT.value))
     return
   runner.run(trials, _WORKDIR.value, num_shards=_NUM_SHARDS.value,
              shard_index=_SHARD_INDEX.value, retry_failed=_RETRY.value, config_path=path,
-             tables=tables)
-  print(runner.summary_table(trials, _WORKDIR.value))
+             tables=tables, claim_timeout_s=_CLAIM_TIMEOUT.value)
+  if not main_process:
+    return
+  print(runner.summary_table(trials, _WORKDIR.value, claim_timeout_s=_CLAIM_TIMEOUT.value))
   if tables:  # and the tables the sweep config declares
     print("\n" + tables_lib.render(_WORKDIR.value), end="")
 

@@ -70,6 +70,20 @@ def test_registry_entries():
     task.options["power_a"] = 0.5  # defaults are read-only
 
 
+@pytest.mark.parametrize("name, options", [
+    ("listops", {"min_len": 20, "max_len": 40}),
+    ("mqar", {"seq_len": 48, "num_kv_pairs": 4, "vocab_size": 64}),
+    ("copy", {"length": 7}),
+    ("order", {"length": 33}),
+])
+def test_sequence_length_is_the_longest_generated_example(name, options):
+  """The trainer refuses a max_len below it; it must be what the generator produces."""
+  task = data.get_task(name)
+  opts = data.resolve_options(name, options)
+  lengths = [len(task.generate(opts, "train", i)["inputs"]) for i in range(200)]
+  assert max(lengths) == data.sequence_length(name, options)
+
+
 @pytest.mark.parametrize("name, options, match", [
     ("lisstops", {}, "registered tasks"),
     ("mqar", {"num_pairs": 4}, "num_pairs.*num_kv_pairs"),

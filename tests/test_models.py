@@ -343,6 +343,7 @@ def test_num_params_matches_a_hand_count():
           + layers * block + 2 * d + (d * CLASSES + CLASSES))   # final LayerNorm, head
   assert models.num_params(params) == want                       # ShapeDtypeStructs
   assert models.num_params(jax.tree.map(lambda s: np.zeros(s.shape), params)) == want
+  assert models.num_block_params(params) == layers * block       # Kaplan's non-embedding N
 
 
 def test_flops_per_token_matches_xla():

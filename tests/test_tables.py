@@ -253,6 +253,12 @@ def test_loglog_plot_fits_each_series_and_writes_pngs(tmp_path):
   labels = tables.plot(SEQ_TABLE, SEQ_TABLE["plots"][0], trials, results,
                        str(tmp_path / "p.png"))
   assert labels == ["dense: slope 2.00", "linear: slope 1.00"]
+  # The table's scale applies to its own metric on the y axis (bytes -> KiB), not to others.
+  kib = SEQ_TABLE | {"scale": 2 ** -10}
+  assert tables.plot_points(kib, kib["plots"][0], trials, results)["linear"] == [
+      (n, 5.0 * n / 1024) for n in (128, 256, 512, 1024)]
+  assert tables.plot_points(kib, kib["plots"][1], trials, results) == tables.plot_points(
+      SEQ_TABLE, SEQ_TABLE["plots"][1], trials, results)
   # x from result.json (num_params) when no trial overrides it.
   assert tables.plot_points(SEQ_TABLE, SEQ_TABLE["plots"][1], trials, results) == {
       "": [(n, 1.0) for n in (128, 256, 512, 128, 256, 512, 1024)]}
@@ -372,3 +378,70 @@ def test_reads_the_layout_runner_writes(tmp_path):
   runner.run(trials, workdir, num_shards=2, shard_index=0, tables=[spec], train_fn=fake_train)
   assert tables.render(workdir, "csv") == (
       "num_heads,task=order,task=copy\n2,0.2,\n4,diverged,\n1,0.1,\n")
+
+
+def test_several_metrics_side_by_side_and_relative_to_a_reference_row(tmp_path):
+  """LRA-style columns: one per metric, and each cell divided by the dense row's."""
+  trials = [
+      ({"attention": "dense", "seq_len": 256}, _result("completed", 0.5, 2.0,
+                                                      train_steps_per_s=8.0)),
+      ({"attention": "local", "seq_len": 256}, _result("completed", 0.25, 3.0,
+                                                      train_steps_per_s=10.0)),
+      ({"attention": "local", "seq_len": 512}, _result("completed", 0.75, 1.0,
+                                                      train_steps_per_s=6.0)),
+      ({"attention": "linear", "seq_len": 512}, ("failed", None, None)),
+      ({"attention": "dense", "seq_len": 512}, None),   # reference not run: blank
+  ]
+  both = {"name": "both", "rows": ["attention", "seq_len"], "columns": [],
+          "metric": ["final_eval.accuracy", "train_steps_per_s"],
+          "metric_label": ["acc", "steps/s"], "format": ["{:.2f}", "{:.1f}"],
+          "scale": [1.0, 0.5]}
+  speed = {"name": "speed", "rows": ["attention"], "columns": ["seq_len"],
+           "metric": "train_steps_per_s", "format": "{:.3f}",
+           "relative_to": {"attention": "dense"}}
+  root = make_workdir(tmp_path / "s", trials, [both, speed])
+  text = tables.render(root, fmt="csv")
+  assert "\"attention, seq_len\",acc,steps/s\n" in text
+  assert "\"dense, 256\",0.50,4.0\n" in text and "\"local, 512\",0.75,3.0\n" in text
+  assert "\"linear, 512\",failed,failed\n" in text
+  # 10 / 8 and 8 / 8 at 256; at 512 dense has no result, so nothing to divide by.
+  assert "dense,1.000,\n" in text and "local,1.250,\n" in text and "linear,,failed\n" in text
+  with pytest.raises(ValueError, match=r"several metrics need `columns: \[\]`"):
+    tables.check_spec(both | {"columns": ["seq_len"]}, [{"overrides": o} for o, _ in trials])
+  with pytest.raises(ValueError, match=r"`relative_to` must map row fields"):
+    tables.check_spec(speed | {"relative_to": {"seq_len": 256}},
+                      [{"overrides": o} for o, _ in trials])
+  with pytest.raises(ValueError, match=r"one entry per metric \(2\)"):
+    tables.check_spec(both | {"scale": [1.0]}, [{"overrides": o} for o, _ in trials])
+
+
+def test_relative_to_swaps_only_its_field_and_reports_a_failed_reference(tmp_path):
+  """Two row fields: each row is divided by the row with the same task and dense."""
+  trials = [
+      ({"attention": "dense", "task": "a"}, _result("completed", 0.5, 1.0,
+                                                   train_step_temp_bytes=4 * 2 ** 20)),
+      ({"attention": "local", "task": "a"}, _result("completed", 0.5, 1.0,
+                                                   train_step_temp_bytes=2 ** 20)),
+      ({"attention": "dense", "task": "b"}, _result("completed", 0.5, 1.0,
+                                                   train_step_temp_bytes=2 * 2 ** 20)),
+      ({"attention": "local", "task": "b"}, _result("completed", 0.5, 1.0,
+                                                   train_step_temp_bytes=3 * 2 ** 20)),
+      ({"attention": "dense", "task": "c"}, ("failed", None, None)),
+      ({"attention": "local", "task": "c"}, _result("completed", 0.5, 1.0)),
+  ]
+  memory = {"name": "memory", "rows": ["attention", "task"], "columns": [],
+            "metric": "train_step_temp_bytes", "format": "{:.2f}", "scale": 2 ** -20,
+            "relative_to": {"attention": "dense"}}
+  absolute = memory | {"name": "absolute", "relative_to": {}}
+  root = make_workdir(tmp_path / "s", trials, [memory, absolute])
+  text = tables.render(root, fmt="csv")
+  relative, plain = text.split("\n\n")
+  assert "\"local, a\",0.25\n" in relative and "\"local, b\",1.50\n" in relative
+  assert "\"dense, b\",1.00\n" in relative
+  assert relative.endswith("\"local, c\",n/a (reference failed)")
+  assert "\"local, b\",3.00\n" in plain   # scale turns bytes into MiB
+  listed = [{"overrides": o} for o, _ in trials]
+  with pytest.raises(ValueError, match=r"`relative_to` attention='Dense' is no trial's value"):
+    tables.check_spec(memory | {"relative_to": {"attention": "Dense"}}, listed)
+  with pytest.raises(ValueError, match=r"`scale` must be a positive number"):
+    tables.check_spec(memory | {"scale": "MiB"}, listed)

@@ -79,6 +79,10 @@ def test_training_learns_and_writes_its_records(tmp_path):
   saved = json.load(open(os.path.join(workdir, "result.json")))
   assert saved["final_eval"] == result["final_eval"]
   assert saved["num_params"] > 0 and saved["flops_per_token"] > 0 and saved["wall_time_s"] > 0
+  assert 0 < saved["num_block_params"] < saved["num_params"]
+  assert saved["train_step_time_s"] == pytest.approx(1.0 / saved["train_steps_per_s"])
+  # An LM task reports perplexity per target token: exp of the mean loss.
+  assert saved["final_eval"]["perplexity"] == pytest.approx(np.exp(saved["final_eval"]["loss"]))
   assert json.load(open(os.path.join(workdir, "config.json")))["total_steps"] == 60
 
   records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
@@ -98,6 +102,21 @@ def test_training_learns_and_writes_its_records(tmp_path):
     assert scalars[("train/loss", r["step"])] == pytest.approx(r["loss"], rel=1e-6)
   assert scalars[("eval/eval_accuracy", 60)] == pytest.approx(
       result["final_eval"]["accuracy"], rel=1e-6)
+
+
+def test_bfloat16_training_tracks_float32(tmp_path):
+  """bfloat16 compute (float32 parameters and residual stream) learns like float32."""
+  finals = {}
+  for dtype in ("float32", "bfloat16"):
+    c = tiny_config(tmp_path / "data", total_steps=60, compute_dtype=dtype)
+    result = train.train_and_evaluate(c, str(tmp_path / dtype))
+    assert result["status"] == "completed"
+    finals[dtype] = result["final_eval"]["loss"]
+  # Both learn (a uniform guess is log 32 = 3.47) and end close, but not
+  # identical: the bfloat16 run did compute in bfloat16.
+  assert finals["float32"] < 0.8 * np.log(32) and finals["bfloat16"] < 0.8 * np.log(32)
+  assert finals["bfloat16"] == pytest.approx(finals["float32"], rel=0.15)
+  assert finals["bfloat16"] != finals["float32"]
 
 
 def test_non_finite_loss_stops_as_diverged(tmp_path):
@@ -130,6 +149,7 @@ def test_a_crash_is_recorded_as_failed(tmp_path):
     ("total_steps", 0, "config.total_steps"),
     ("learning_rate", -1.0, "config.learning_rate"),
     ("num_eval_batches", 0, "config.num_eval_batches"),
+    ("max_len", 20, "config.max_len=20 is shorter than task 'mqar''s examples .*integer >= 24"),
 ])
 def test_bad_trainer_fields_are_named_before_compiling(tmp_path, field, value, message):
   c = tiny_config(tmp_path / "data")

@@ -15,9 +15,9 @@ is deterministic given the options (seed included) and is generated into
 layout, sharding and eval padding).
 
 Adding a task: write one file with a BuilderConfig (one field per option,
-with its default), `check_options`, `vocab_size`, `num_classes`, the builder
-and a `generate(options, split, index)` function, then add one `_register`
-line below.
+with its default), `check_options`, `vocab_size`, `sequence_length`,
+`num_classes`, the builder and a `generate(options, split, index)` function,
+then add one `_register` line below.
 """
 
 import dataclasses
@@ -45,6 +45,7 @@ class Task:
   options: Mapping[str, Any]       # option name -> default (read-only)
   check_options: Callable          # full options dict -> validated dict, or ValueError
   vocab_size: Callable             # options -> int (0 is padding)
+  sequence_length: Callable        # options -> int: tokens in the longest example
   num_classes: Callable            # options -> int, or None for "lm"
   generate: Callable               # (options, split, index) -> one raw example
 
@@ -61,6 +62,7 @@ def _register(module, builder, config):
       name=module.NAME, kind=module.KIND, builder=builder, config=config,
       options=types.MappingProxyType(common.option_defaults(config)),
       check_options=module.check_options, vocab_size=module.vocab_size,
+      sequence_length=module.sequence_length,
       num_classes=module.num_classes, generate=module.generate)
 
 
@@ -102,6 +104,11 @@ def resolve_options(name, options=None) -> dict:
 def vocab_size(name, options=None) -> int:
   """Token ids are in [0, vocab_size); 0 is padding."""
   return get_task(name).vocab_size(resolve_options(name, options))
+
+
+def sequence_length(name, options=None) -> int:
+  """Tokens in the task's longest example (a model's max_len must reach it)."""
+  return get_task(name).sequence_length(resolve_options(name, options))
 
 
 def num_classes(name, options=None) -> Optional[int]:

@@ -55,6 +55,11 @@ def vocab_size(options) -> int:
   return options["vocab_size"]
 
 
+def sequence_length(options) -> int:
+  """Tokens in every example's inputs: payload, separator, answer but its last token."""
+  return 2 * options["length"]
+
+
 def num_classes(options) -> None:
   del options
   return None

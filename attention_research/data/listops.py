@@ -86,6 +86,11 @@ def vocab_size(options) -> int:
   return len(TOKENS)
 
 
+def sequence_length(options) -> int:
+  """Tokens in the longest example (brackets included)."""
+  return options["max_len"]
+
+
 def num_classes(options) -> int:
   del options
   return NUM_CLASSES

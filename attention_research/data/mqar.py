@@ -70,6 +70,11 @@ def vocab_size(options) -> int:
   return options["vocab_size"]
 
 
+def sequence_length(options) -> int:
+  """Tokens in every example's inputs."""
+  return options["seq_len"]
+
+
 def num_classes(options) -> None:
   del options
   return None

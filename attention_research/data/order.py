@@ -61,6 +61,11 @@ def vocab_size(options) -> int:
   return options["vocab_size"]
 
 
+def sequence_length(options) -> int:
+  """Tokens in every example."""
+  return options["length"]
+
+
 def num_classes(options) -> int:
   return options["num_markers"]
 

@@ -226,6 +226,18 @@ def num_params(params) -> int:
   return int(sum(math.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
 
 
+def num_block_params(params) -> int:
+  """Scalars in the Transformer blocks only: Kaplan et al. 2020's non-embedding N.
+
+  Excludes token and position embeddings, the output layer or classifier
+  head and the final norm, whose size depends on the vocabulary, not on the
+  model's shape (Kaplan et al. count N = 12 n_layer d_model^2 this way).
+  """
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return int(sum(math.prod(np.shape(x)) for path, x in flat
+                 if any(str(getattr(k, "key", "")).startswith("block_") for k in path)))
+
+
 def attention_flops_per_query(s: Settings, seq_len, *, causal):
   """Forward FLOPs of the attention op itself for one query token, per variant.
 

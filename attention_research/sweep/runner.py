@@ -8,8 +8,13 @@ Layout of a sweep's workdir:
                              trial: index, id, name, overrides
   trials/<id>/               the trainer's workdir for that trial (result.json, ...)
   trials/<id>/trial.json     the trial's id, name and overrides
+  trials/<id>/claim.json     while a process runs the trial: its host, pid and start
+                             time; its mtime is a heartbeat (see claims.py)
   attempts/<id>.<n>/         earlier failed or diverged attempts, kept by --retry_failed
-  events.jsonl               one line per trial start and end, from every shard
+  events/                    one file per trial start and end, from every shard:
+                             <time_ns>-<host>-<pid>-<seq>.json, written under a temporary
+                             name and renamed (atomic on POSIX and NFS, where appending to
+                             one shared file is not)
 
 Running the same command again skips completed trials and resumes an
 interrupted one from its checkpoint (the trainer does that), so no trial runs
@@ -17,16 +22,36 @@ twice to completion and none is lost. A failed or diverged trial keeps its
 result.json (status and reason) and is skipped until `retry_failed`. Shards
 (`num_shards`, `shard_index`) take every N-th trial, so several hosts can
 share one workdir.
+
+A process runs a trial only while it holds the trial's claim (claims.py):
+two copies of one command (a rerun while the first still runs, two hosts given
+the same shard) share the trials instead of corrupting each other's; a trial
+claimed elsewhere shows as "running". A claim whose process is gone (not
+alive on this machine; on another, no heartbeat for `claim_timeout_s`,
+STALE_AFTER_S by default) is taken over, and its trial resumed.
+
+On a multi-host slice (`jax.distributed`) every process runs every trial, as
+one multi-process training run: process 0 decides which trials run, from its
+view of the workdir, and broadcasts that to the others; it alone writes
+sweep.json, trial.json, result.json (when train_fn wrote none), claims and
+events. If it fails in any of that, it tells the others, and every process
+raises: none is left waiting for it.
 """
 
+import contextlib
 import copy
+import itertools
 import json
 import os
 import time
 
 from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 from attention_research import train
+from attention_research.sweep import claims
 from attention_research.sweep import grid as grid_lib
 
 DONE = "completed"
@@ -36,6 +61,15 @@ UNSUCCESSFUL = ("failed", "diverged")
 MAX_DEATHS = 2
 # Fields a finished trial's config may differ in and still count as done.
 BOOKKEEPING = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "data_dir")
+CLAIM = "claim.json"
+# The claims' timing (see claims.py), here too as part of the runner's API.
+HEARTBEAT_S = claims.HEARTBEAT_S
+STALE_AFTER_S = claims.STALE_AFTER_S
+HOST = claims.HOST
+# What process 0 tells the others to do with the next trial.
+ACTIONS = ("run", "skip", "running")
+FINISHED = -1  # in a plan: the trial needs no run
+_EVENT_NUMBERS = itertools.count()  # orders one process's events within a nanosecond
 
 
 def make_trials(base_config, grid):
@@ -78,42 +112,124 @@ def trial_dir(workdir, tid):
 
 def read_result(workdir, tid):
   """The trial's result.json as a dict, or None if it has none yet."""
-  path = os.path.join(trial_dir(workdir, tid), "result.json")
-  if not os.path.exists(path):
+  try:  # not exists-then-open: another process may move an attempt aside in between
+    with open(os.path.join(trial_dir(workdir, tid), "result.json")) as f:
+      return json.load(f)
+  except FileNotFoundError:
     return None
-  with open(path) as f:
-    return json.load(f)
 
 
-def trial_status(workdir, tid):
-  """'completed', 'failed', 'diverged', 'interrupted' (started, no result) or 'pending'."""
+def trial_status(workdir, tid, claim_timeout_s=None):
+  """'completed', 'failed', 'diverged' (its result), 'running' (no result, a live claim),
+  'interrupted' (started, no result, no live claim) or 'pending'."""
+  status = _progress(workdir, tid)
+  if status in (DONE, *UNSUCCESSFUL):
+    return status
+  holder = claims.holder(_claim_path(workdir, tid), _claim_timeout(claim_timeout_s))
+  return "running" if holder is not None else status
+
+
+def _claim_path(workdir, tid):
+  return os.path.join(trial_dir(workdir, tid), CLAIM)
+
+
+def _claim_timeout(claim_timeout_s):
+  """Seconds after which another machine's unrefreshed claim is stale (None: STALE_AFTER_S)."""
+  timeout_s = claims.STALE_AFTER_S if claim_timeout_s is None else claim_timeout_s
+  if (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
+      or timeout_s <= claims.HEARTBEAT_S):
+    raise ValueError(f"claim_timeout_s must be a number of seconds above HEARTBEAT_S="
+                     f"{claims.HEARTBEAT_S}, got {claim_timeout_s!r}")
+  return timeout_s
+
+
+def _progress(workdir, tid):
+  """The trial's status as its files say, claims aside: a claim alone is not a start."""
   result = read_result(workdir, tid)
   if result is not None:
     return result["status"]
-  return "interrupted" if os.path.isdir(trial_dir(workdir, tid)) else "pending"
+  try:
+    names = os.listdir(trial_dir(workdir, tid))
+  except FileNotFoundError:
+    return "pending"
+  return "interrupted" if any(not n.startswith(CLAIM) for n in names) else "pending"
 
 
 def _write_json(path, obj):
-  tmp = f"{path}.tmp{os.getpid()}"
+  tmp = f"{path}.tmp-{HOST}-{os.getpid()}"  # hosts sharing the workdir may share a pid
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True, default=repr)
   os.replace(tmp, path)
 
 
+# ------------------------------------------------------------------ events
+
 def _event(workdir, **record):
-  # One short line per append: lines from several shards do not interleave.
-  with open(os.path.join(workdir, "events.jsonl"), "a") as f:
-    f.write(json.dumps({"time": time.time(), **record}, default=repr) + "\n")
+  """Records one event as its own file, written whole and then renamed into events/."""
+  directory = os.path.join(workdir, "events")
+  os.makedirs(directory, exist_ok=True)
+  now = time.time_ns()
+  name = f"{now}-{HOST}-{os.getpid()}-{next(_EVENT_NUMBERS)}.json"
+  tmp = os.path.join(directory, f".{name}.tmp")  # readers skip dot files
+  with open(tmp, "w") as f:
+    json.dump({"time": now / 1e9, "host": HOST, "pid": os.getpid(), **record}, f, default=repr)
+  os.rename(tmp, os.path.join(directory, name))
+
+
+def _event_order(name):
+  time_ns, rest = name[:-len(".json")].split("-", 1)
+  host, pid, number = rest.rsplit("-", 2)
+  return int(time_ns), host, int(pid), int(number)
+
+
+def read_events(workdir):
+  """Every trial start and end of the sweep, from every shard, in time order."""
+  events = []
+  legacy = os.path.join(workdir, "events.jsonl")  # one shared file, before events/
+  if os.path.exists(legacy):
+    with open(legacy) as f:
+      for line in f:
+        with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a kill
+          events.append(json.loads(line))
+  directory = os.path.join(workdir, "events")
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  for name in sorted((n for n in names if n.endswith(".json") and not n.startswith(".")),
+                     key=_event_order):
+    with open(os.path.join(directory, name)) as f:
+      events.append(json.load(f))
+  return events
+
+
+def _deaths(workdir, tid):
+  """Starts of this trial that no end followed: its process died mid-trial."""
+  open_starts = 0
+  for event in read_events(workdir):
+    if event["id"] == tid:
+      open_starts = open_starts + 1 if event["event"] == "start" else 0
+  return open_starts
+
+
+# ------------------------------------------------------------------ trials
+
+def _last_attempt(workdir, tid):
+  """The number of the trial's latest attempt under attempts/, 0 if none."""
+  attempts = os.path.join(workdir, "attempts")
+  names = os.listdir(attempts) if os.path.isdir(attempts) else []
+  return max((int(n.rsplit(".", 1)[1]) for n in names if n.startswith(tid + ".")), default=0)
 
 
 def _set_aside(workdir, tid):
-  """Moves an unsuccessful attempt to attempts/<id>.<n>, so a retry starts fresh."""
-  attempts = os.path.join(workdir, "attempts")
-  os.makedirs(attempts, exist_ok=True)
-  numbers = [int(name.rsplit(".", 1)[1]) for name in os.listdir(attempts)
-             if name.startswith(tid + ".")]
-  attempt = max(numbers, default=0) + 1
-  os.rename(trial_dir(workdir, tid), os.path.join(attempts, f"{tid}.{attempt}"))
+  """Moves an unsuccessful attempt to attempts/<id>.<n>, so a retry starts fresh.
+
+  Entry by entry, so that the claim stays; result.json goes last, so a kill
+  midway leaves a trial that still reads as unsuccessful.
+  """
+  source = trial_dir(workdir, tid)
+  target = os.path.join(workdir, "attempts", f"{tid}.{_last_attempt(workdir, tid) + 1}")
+  os.makedirs(target)
+  for name in sorted(os.listdir(source), key=lambda n: n == "result.json"):
+    if not name.startswith(CLAIM):
+      os.rename(os.path.join(source, name), os.path.join(target, name))
 
 
 def _check_same_config(workdir, tid, name, config):
@@ -125,20 +241,6 @@ def _check_same_config(workdir, tid, name, config):
         f"trial {name!r} in {trial_dir(workdir, tid)} ran with a different config (fields "
         f"{changed} differ), e.g. a quick look with other --config.* values or another scale; "
         f"use a new --workdir")
-
-
-def _deaths(workdir, tid):
-  """Starts of this trial that no end followed: its process died mid-trial."""
-  path = os.path.join(workdir, "events.jsonl")
-  if not os.path.exists(path):
-    return 0
-  open_starts = 0
-  with open(path) as f:
-    for line in f:
-      event = json.loads(line)
-      if event["id"] == tid:
-        open_starts = open_starts + 1 if event["event"] == "start" else 0
-  return open_starts
 
 
 def _check_same_trials(workdir, trials):
@@ -160,74 +262,191 @@ def check_shard(num_shards, shard_index):
     raise ValueError(f"shard_index must be in [0, num_shards={num_shards}), got {shard_index!r}")
 
 
-def run(trials, workdir, *, num_shards=1, shard_index=0, retry_failed=False, config_path=None,
-        tables=(), train_fn=train.train_and_evaluate):
-  """Runs this shard's trials that still need running; returns {id: status} for them.
+def _from_process_0(values):
+  """Process 0's `values` (small ints) on every process.
 
-  `config_path` and `tables` (the sweep config's table specs) are recorded in
-  sweep.json for the tables binary.
+  The processes of a multi-host run train each trial together, so they must
+  take the same trials in the same order, whatever each one's view of the
+  shared workdir (a stale NFS cache, a missing mount).
   """
-  check_shard(num_shards, shard_index)
+  values = np.asarray(values, np.int32)
+  if jax.process_count() == 1:
+    return values
+  return np.asarray(multihost_utils.broadcast_one_to_all(values))
+
+
+def _agreed(size, fn, *args):
+  """fn(*args) run on process 0 alone, and the `size` small ints it returns, on every process.
+
+  If fn raises there, every process raises (process 0 its own error), instead
+  of the others waiting forever for process 0 in the next broadcast or in
+  train_fn's collectives.
+  """
+  values, error = [0] * size, None
+  if jax.process_index() == 0:
+    try:
+      values = fn(*args) or []
+    except Exception as e:  # pylint: disable=broad-except  # raised below, once all know
+      error = e
+  agreed = _from_process_0([error is None, *values])
+  if error is not None:
+    raise error
+  if not agreed[0]:
+    raise RuntimeError("process 0 stopped the sweep with an error; its log says which")
+  return [int(v) for v in agreed[1:]]
+
+
+def _finished(status, retry_failed):
+  return status == DONE or (status in UNSUCCESSFUL and not retry_failed)
+
+
+def _plan(trials, mine, workdir, retry_failed, config_path, tables):
+  """Records sweep.json; for each trial of this shard's `mine`: FINISHED if it needs no
+  run, else the number of its latest attempt (see _decide)."""
   _check_same_trials(workdir, trials)
   os.makedirs(os.path.join(workdir, "trials"), exist_ok=True)
   _write_json(os.path.join(workdir, "sweep.json"), {
       "config": config_path, "tables": list(tables),
       "trials": [{"index": index, "id": tid, "name": name, "overrides": overrides}
                  for index, tid, name, overrides, _ in trials]})
-  mine = [t for t in trials if t[0] % num_shards == shard_index]
-  todo = []
-  for trial in mine:
-    _check_same_config(workdir, trial[1], trial[2], trial[4])
-    status = trial_status(workdir, trial[1])
-    if status == "interrupted" and _deaths(workdir, trial[1]) >= MAX_DEATHS:
-      _write_json(os.path.join(trial_dir(workdir, trial[1]), "result.json"), {
-          "status": "failed", "final_eval": None,
-          "error": f"the process died {MAX_DEATHS} times during this trial without a result "
-                   f"(out of memory?)"})
-      status = "failed"
-    if status == DONE or (status in UNSUCCESSFUL and not retry_failed):
-      logging.info("trial %d/%d %s: %s already, skipped", trial[0] + 1, len(trials), trial[2],
-                   status)
+  plan = []
+  for index, tid, name, _, config in mine:
+    _check_same_config(workdir, tid, name, config)
+    status = _progress(workdir, tid)
+    if _finished(status, retry_failed):
+      logging.info("trial %d/%d %s: %s already, skipped", index + 1, len(trials), name, status)
+      plan.append(FINISHED)
     else:
-      todo.append(trial)
+      plan.append(_last_attempt(workdir, tid))
+  return plan
+
+
+def _agreed_action(fn, *args):
+  """fn(*args), one of ACTIONS, decided on process 0 alone, on every process (see _agreed)."""
+  return ACTIONS[_agreed(1, lambda: [ACTIONS.index(fn(*args))])[0]]
+
+
+def _claim_and_start(claim, trial, workdir, num_trials, retry_failed, last_attempt, timeout_s,
+                     shard_index):
+  """What to do with `trial` (one of ACTIONS), decided on process 0.
+
+  'running' if another process holds its claim; else this process holds it
+  (until `claim`, an ExitStack, closes) and looks again at the trial's files:
+  'skip', or 'run', and then starts it (trial.json, a start event).
+  """
+  index, tid, name, overrides, _ = trial
+  path = _claim_path(workdir, tid)
+  if claim.enter_context(claims.held(path, timeout_s)) is None:
+    holder = claims.holder(path, timeout_s) or {}
+    logging.info("trial %d/%d %s: claimed by host %s, pid %s since %s, skipped (if that "
+                 "process is not this sweep's, remove %s)", index + 1, num_trials, name,
+                 holder.get("host"), holder.get("pid"), time.ctime(holder.get("start_time", 0)),
+                 path)
+    return "running"
+  action, status = _decide(workdir, trial, num_trials, retry_failed, last_attempt)
+  if action == "run":
+    if status in UNSUCCESSFUL:
+      _set_aside(workdir, tid)
+    _write_json(os.path.join(trial_dir(workdir, tid), "trial.json"),
+                {"index": index, "id": tid, "name": name, "overrides": overrides})
+    _event(workdir, event="start", id=tid, shard=shard_index)
+  return action
+
+
+def _decide(workdir, trial, num_trials, retry_failed, last_attempt):
+  """('run' or 'skip', the trial's status) for a trial whose claim this process holds, from
+  its files now.
+
+  Since the plan, another process may have run it, or (under --retry_failed)
+  retried it: `last_attempt` is its attempt number at planning time.
+  """
+  index, tid, name = trial[:3]
+  status = _progress(workdir, tid)
+  if status == "interrupted" and _deaths(workdir, tid) >= MAX_DEATHS:
+    error = (f"the process died {MAX_DEATHS} times during this trial without a result "
+             f"(out of memory?)")
+    _write_json(os.path.join(trial_dir(workdir, tid), "result.json"),
+                {"status": "failed", "final_eval": None, "error": error})
+    _event(workdir, event="end", id=tid, status="failed")  # a retry starts a fresh count
+    status = "failed"
+  retried = status in UNSUCCESSFUL and _last_attempt(workdir, tid) != last_attempt
+  if _finished(status, retry_failed) or retried:
+    logging.info("trial %d/%d %s: %s already, skipped", index + 1, num_trials, name, status)
+    return "skip", status
+  return "run", status
+
+
+def _train(trial, workdir, num_trials, train_fn):
+  """Trains one trial (every process calls this); its result dict."""
+  index, tid, name, _, config = trial
+  logging.info("trial %d/%d %s (%s): starting", index + 1, num_trials, name, tid)
+  try:
+    return train_fn(config, trial_dir(workdir, tid))
+  except Exception as e:  # pylint: disable=broad-except  # recorded; the sweep goes on
+    logging.exception("trial %s failed", name)
+    return read_result(workdir, tid) or {"status": "failed", "error": repr(e)}
+
+
+def _finish(workdir, tid, shard_index, result):
+  """Records the trial's end (on process 0)."""
+  if read_result(workdir, tid) is None:  # a train_fn that wrote none: the outcome must last
+    _write_json(os.path.join(trial_dir(workdir, tid), "result.json"), result)
+  _event(workdir, event="end", id=tid, shard=shard_index, status=result["status"])
+
+
+def run(trials, workdir, *, num_shards=1, shard_index=0, retry_failed=False, config_path=None,
+        tables=(), train_fn=train.train_and_evaluate, claim_timeout_s=None):
+  """Runs this shard's trials that still need running; returns {id: status} for them.
+
+  A trial whose claim another live process holds is skipped and reported as
+  "running"; another machine's claim whose heartbeat is older than
+  `claim_timeout_s` (default STALE_AFTER_S) is taken over. `config_path` and
+  `tables` (the sweep config's table specs) are recorded in sweep.json for the
+  tables binary.
+  """
+  check_shard(num_shards, shard_index)
+  timeout_s = _claim_timeout(claim_timeout_s)
+  mine = [t for t in trials if t[0] % num_shards == shard_index]
+  plan = _agreed(len(mine), _plan, trials, mine, workdir, retry_failed, config_path, tables)
+  todo = [(trial, last) for trial, last in zip(mine, plan) if last != FINISHED]
   logging.info("shard %d of %d: %d of its %d trials to run (%d in the sweep)", shard_index,
                num_shards, len(todo), len(mine), len(trials))
 
   statuses, started = {}, time.time()
-  for done, (index, tid, name, overrides, config) in enumerate(todo):
-    if trial_status(workdir, tid) in UNSUCCESSFUL:
-      _set_aside(workdir, tid)
-    path = trial_dir(workdir, tid)
-    os.makedirs(path, exist_ok=True)
-    _write_json(os.path.join(path, "trial.json"),
-                {"index": index, "id": tid, "name": name, "overrides": overrides})
-    logging.info("trial %d/%d %s (%s): starting", index + 1, len(trials), name, tid)
-    _event(workdir, event="start", id=tid, shard=shard_index)
-    try:
-      result = train_fn(config, path)
-    except Exception as e:  # recorded in its result.json by the trainer; the sweep goes on
-      logging.exception("trial %s failed", name)
-      result = read_result(workdir, tid) or {"status": "failed", "error": repr(e)}
-    statuses[tid] = result["status"]
-    _event(workdir, event="end", id=tid, shard=shard_index, status=result["status"])
-    elapsed = time.time() - started
-    eta = elapsed / (done + 1) * (len(todo) - done - 1)
-    final = result.get("final_eval") or {}
-    logging.info("trial %d/%d %s: %s%s in %.0f s; sweep ETA %.0f s", index + 1, len(trials),
-                 name, result["status"],
-                 f", eval accuracy {final['accuracy']:.4f}, loss {final['loss']:.4f}"
-                 if final else f" ({result.get('error', '')})",
-                 result.get("wall_time_s", 0.0), eta)
+  for done, (trial, last_attempt) in enumerate(todo):
+    with contextlib.ExitStack() as claim:  # process 0's claim on the trial, held to its end
+      action = _agreed_action(_claim_and_start, claim, trial, workdir, len(trials),
+                              retry_failed, last_attempt, timeout_s, shard_index)
+      if action == "running":
+        statuses[trial[1]] = action
+      elif action == "run":
+        result = _train(trial, workdir, len(trials), train_fn)
+        _agreed(0, _finish, workdir, trial[1], shard_index, result)
+        statuses[trial[1]] = result["status"]
+        eta = (time.time() - started) / (done + 1) * (len(todo) - done - 1)
+        _log_result(trial, len(trials), result, eta)
   return statuses
 
 
-def summary_table(trials, workdir, metric="accuracy"):
-  """A Markdown table of every trial: name, status, final eval metric and loss, wall time."""
+def _log_result(trial, num_trials, result, eta):
+  index, _, name = trial[:3]
+  final = result.get("final_eval") or {}
+  outcome = (f", eval accuracy {final['accuracy']:.4f}, loss {final['loss']:.4f}" if final else
+             f" ({result.get('error', '')})")
+  logging.info("trial %d/%d %s: %s%s in %.0f s; sweep ETA %.0f s", index + 1, num_trials, name,
+               result["status"], outcome, result.get("wall_time_s", 0.0), eta)
+
+
+def summary_table(trials, workdir, metric="accuracy", claim_timeout_s=None):
+  """A Markdown table of every trial: name, status, final eval metric and loss, wall time.
+
+  A trial with no result and a live claim (see run's `claim_timeout_s`) shows as "running".
+  """
   rows = ["| # | trial | id | status | eval " + metric + " | eval loss | wall s |",
           "|---:|:---|:---|:---|---:|---:|---:|"]
   for index, tid, name, _, _ in trials:
     result = read_result(workdir, tid) or {}
-    status = result.get("status", trial_status(workdir, tid))
+    status = result.get("status") or trial_status(workdir, tid, claim_timeout_s)
     final = result.get("final_eval") or {}
     value = f"{final[metric]:.4f}" if metric in final else ""
     loss = f"{final['loss']:.4f}" if "loss" in final else ""

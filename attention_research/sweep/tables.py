@@ -14,7 +14,14 @@ DIR/trials/<id>/result.json. A table spec (a JSON-able dict):
      "metric": "final_eval.accuracy",      # dotted path into result.json
      "metric_label": "eval accuracy",      # optional (default: the metric path)
      "format": "{:.3f}",                   # optional (default "{:.4g}")
+     # or, with "columns": [], several metrics side by side, one column each:
+     #   "metric": ["final_eval.perplexity", "num_params"],
+     #   "metric_label": ["PPL", "params"], "format": ["{:.3f}", "{:,.0f}"]
+     "scale": 2 ** -20,                    # optional: multiply before formatting (bytes ->
+                                           # MiB); a list with several metrics
      "filters": {"pos": "rope"},           # optional: only trials with these overrides
+     "relative_to": {"attention": "dense"},  # optional: each cell / the same cell of the row
+                                           # with these row-field values (LRA's "x faster")
      "published": {"source": "Vaswani et al. 2017, Table 3",
                    "columns": ["PPL (dev)", "BLEU (dev)"],
                    "rows": {"1": [5.29, 24.9], "4": [5.00, 25.5]}},   # by row label
@@ -37,6 +44,8 @@ What a cell shows:
   0.912 (n=2; 1 diverged)   some trials of the cell did not complete
   diverged, failed   no trial of the cell completed: their status (with (n=k) if k > 1)
   n/a                the completed trial's result has the metric, but as null
+  n/a (reference failed)   with relative_to: the reference row's cell ended without a
+                     value (blank while it has not run)
 
 Published figures sit in their own columns headed "<source>: <column>",
 never mixed with ours; our rows the paper lacks are blank there, and rows
@@ -64,7 +73,7 @@ import numpy as np
 FORMATS = {"markdown": "md", "latex": "tex", "csv": "csv"}
 PLOT_KINDS = ("line", "loglog_slope")
 _TABLE_KEYS = ("name", "caption", "rows", "columns", "metric", "metric_label", "format",
-               "filters", "published", "plots")
+               "scale", "filters", "relative_to", "published", "plots")
 _PLOT_KEYS = ("kind", "x", "y", "series", "logx", "logy", "title")
 _MISSING = object()   # a field or key that is not there
 _REQUIRED = object()  # field_value without a default: raise
@@ -197,6 +206,34 @@ def _in_table(trial, fields, filters):
 
 # -------------------------------------------------------------------- tables
 
+def _as_list(value, default, length):
+  if isinstance(value, (list, tuple)):
+    return list(value)
+  return [default if value is None else value] * length
+
+
+def _metrics(spec):
+  """[(path, label, format, scale)] of a spec: one, or one per column when "metric" is a list."""
+  name = spec.get("name")
+  paths = spec["metric"] if isinstance(spec["metric"], (list, tuple)) else [spec["metric"]]
+  labels = _as_list(spec.get("metric_label"), None, len(paths))
+  formats = _as_list(spec.get("format"), "{:.4g}", len(paths))
+  scales = _as_list(spec.get("scale"), 1.0, len(paths))
+  if not len(labels) == len(formats) == len(scales) == len(paths):
+    raise ValueError(f"table {name!r}: `metric_label`, `format` and `scale` lists need one "
+                     f"entry per metric ({len(paths)})")
+  for k in scales:
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not k > 0:
+      raise ValueError(f"table {name!r}: `scale` must be a positive number (or one per "
+                       f"metric), got {k!r}")
+  return [(p, l if l is not None else p, f, float(k))
+          for p, l, f, k in zip(paths, labels, formats, scales)]
+
+
+def _main_metric(spec):
+  return _metrics(spec)[0][0]
+
+
 def check_spec(spec, trials):
   """Raises a ValueError naming the first bad key of a table spec."""
   if not isinstance(spec, dict):
@@ -212,13 +249,30 @@ def check_spec(spec, trials):
     raise ValueError(f"table `name` must be a non-empty file stem, got {name!r}")
   if not spec["rows"]:
     raise ValueError(f"table {name!r}: `rows` must name at least one override field")
-  try:
-    spec.get("format", "{:.4g}").format(1.0)
-  except (ValueError, IndexError, KeyError) as e:
-    raise ValueError(f"table {name!r}: `format` {spec['format']!r} cannot format a number "
-                     f"({e}); e.g. '{{:.3f}}'") from e
+  metrics = _metrics(spec)
+  if not metrics or not all(isinstance(m, str) and m for m, _, _, _ in metrics):
+    raise ValueError(f"table {name!r}: `metric` must be a dotted path into result.json or a "
+                     f"non-empty list of them, got {spec['metric']!r}")
+  if len(metrics) > 1 and spec.get("columns"):
+    raise ValueError(f"table {name!r}: several metrics need `columns: []` (they are the "
+                     f"columns); got columns {spec['columns']}")
+  for _, _, fmt, _ in metrics:
+    try:
+      fmt.format(1.0)
+    except (ValueError, IndexError, KeyError) as e:
+      raise ValueError(f"table {name!r}: `format` {fmt!r} cannot format a number "
+                       f"({e}); e.g. '{{:.3f}}'") from e
   _check_fields(list(spec["rows"]) + list(spec.get("columns", [])), trials, f"table {name!r}")
   _check_fields(list(spec.get("filters", {})), trials, f"table {name!r} `filters`")
+  relative_to = spec.get("relative_to", {})
+  if not isinstance(relative_to, dict) or not set(relative_to) <= set(spec["rows"]):
+    raise ValueError(f"table {name!r}: `relative_to` must map row fields ({spec['rows']}) to "
+                     f"the reference row's values, got {relative_to!r}")
+  for field, value in relative_to.items():  # a typo would blank every cell
+    values = {_key([field_value(t["overrides"], field)]) for t in trials if _has(t, field)}
+    if _key([value]) not in values:
+      raise ValueError(f"table {name!r}: `relative_to` {field}={value!r} is no trial's value "
+                       f"(values: {sorted((json.loads(v)[0] for v in values), key=str)})")
   published = spec.get("published")
   if published is not None:
     for key in ("source", "columns", "rows"):
@@ -250,15 +304,25 @@ def build_table(spec, trials, results):
     row_keys.setdefault(rk, ", ".join(_label(v) for v in rv))
     col_keys.setdefault(ck, ", ".join(f"{f}={_label(v)}" for f, v in zip(col_fields, cv)))
     cells.setdefault((rk, ck), []).append(t)
-  if not col_fields:
-    col_keys = {_key([]): spec.get("metric_label", spec["metric"])}
+  metrics = _metrics(spec)
+  # (cell key, path, label, format, scale) per column: one per column-field value, or
+  # one per metric.
+  if col_fields:
+    columns = [(ck, *metrics[0]) for ck in col_keys]
+  else:
+    col_keys = {str(i): label for i, (_, label, _, _) in enumerate(metrics)}
+    columns = [(_key([]), *metric) for metric in metrics]
 
-  fmt = spec.get("format", "{:.4g}")
+  relative_to = dict(spec.get("relative_to", {}))
   rows, any_count = [], False
   for rk, row_label in row_keys.items():
     row = [row_label]
-    for ck in col_keys:
-      text = _cell(cells.get((rk, ck), []), results, spec["metric"], fmt)
+    if relative_to:  # the same row with the reference value(s) in place
+      row_values = dict(zip(row_fields, json.loads(rk)))
+      ref_key = _key([relative_to.get(f, row_values[f]) for f in row_fields])
+    for ck, metric, _, fmt, scale in columns:
+      reference = cells.get((ref_key, ck), []) if relative_to else None
+      text = _cell(cells.get((rk, ck), []), results, metric, fmt, reference, scale)
       row.append(text)
       any_count |= "(n=" in text
     rows.append(row)
@@ -279,8 +343,31 @@ def build_table(spec, trials, results):
           "rows": rows, "note": note, "num_ours": 1 + len(col_keys)}
 
 
-def _cell(cell_trials, results, metric, fmt):
-  """What one cell shows for its trials (see the module docstring)."""
+def _cell(cell_trials, results, metric, fmt, reference=None, scale=1.0):
+  """What one cell shows for its trials (see the module docstring).
+
+  With `reference` (the reference row's trials in this column), the mean is
+  divided by the reference's mean (so `scale` cancels); blank when the
+  reference has not run yet, "n/a (reference <status>)" when it ended
+  without a value.
+  """
+  values, unsuccessful = _cell_values(cell_trials, results, metric)
+  if not values:
+    return ", ".join(s if c == 1 else f"{s} (n={c})" for s, c in unsuccessful.items())
+  notes = [f"n={len(values)}"] if len(values) > 1 or unsuccessful else []
+  notes += [f"{c} {s}" for s, c in unsuccessful.items()]
+  value = float(np.mean(values)) * scale
+  if reference is not None:
+    reference_values, reference_ended = _cell_values(reference, results, metric)
+    if not reference_values or float(np.mean(reference_values)) == 0.0:
+      return f"n/a (reference {', '.join(reference_ended)})" if reference_ended else ""
+    value /= float(np.mean(reference_values)) * scale
+  text = fmt.format(value)
+  return f"{text} ({'; '.join(notes)})" if notes else text
+
+
+def _cell_values(cell_trials, results, metric):
+  """([metric of each completed trial], {status: count} of the others that ended)."""
   values, unsuccessful = [], {}
   for t in cell_trials:
     result = results.get(t["id"])
@@ -295,12 +382,7 @@ def _cell(cell_trials, results, metric, fmt):
         values.append(float(value))
         continue
     unsuccessful[status] = unsuccessful.get(status, 0) + 1
-  if not values:
-    return ", ".join(s if c == 1 else f"{s} (n={c})" for s, c in unsuccessful.items())
-  notes = [f"n={len(values)}"] if len(values) > 1 or unsuccessful else []
-  notes += [f"{c} {s}" for s, c in unsuccessful.items()]
-  text = fmt.format(float(np.mean(values)))
-  return f"{text} ({'; '.join(notes)})" if notes else text
+  return values, unsuccessful
 
 
 def _published_cell(value):
@@ -420,7 +502,9 @@ def plot_points(spec, plot_spec, trials, results):
   needed = list(_x_parts(x_field)) if x_is_override else []
   series = plot_spec.get("series")
   needed += [series] if series else []
-  y = plot_spec.get("y", spec["metric"])
+  y = plot_spec.get("y", _main_metric(spec))
+  # The y axis is labelled as the table's metric, so it is scaled like it (bytes -> MiB).
+  scale = _metrics(spec)[0][3] if y == _main_metric(spec) else 1.0
   points = {}
   for t in trials:
     result = results.get(t["id"])
@@ -432,7 +516,8 @@ def plot_points(spec, plot_spec, trials, results):
     if y_value is None:
       continue
     label = _label(field_value(t["overrides"], series)) if series else ""
-    points.setdefault(label, []).append((_plot_x(plot_spec, t, result), float(y_value)))
+    points.setdefault(label, []).append((_plot_x(plot_spec, t, result),
+                                         float(y_value) * scale))
   return points
 
 
@@ -440,7 +525,7 @@ def plot(spec, plot_spec, trials, results, path):
   """Draws one plot of table `spec` to the PNG `path`; returns its legend's labels."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   points = plot_points(spec, plot_spec, trials, results)
-  y = plot_spec.get("y", spec["metric"])
+  y = plot_spec.get("y", _main_metric(spec))
   fig = Figure(figsize=(6, 4), dpi=120)  # no pyplot: no global state, Agg canvas
   ax = fig.subplots()
   categories = _categories(points)
@@ -460,7 +545,7 @@ def plot(spec, plot_spec, trials, results, path):
   elif ax.get_xscale() == "log":
     _ticks_at_data(ax, points)
   ax.set_xlabel(plot_spec["x"])
-  ax.set_ylabel(spec.get("metric_label", y) if y == spec["metric"] else y)
+  ax.set_ylabel(_metrics(spec)[0][1] if y == _main_metric(spec) else y)
   ax.set_title(plot_spec.get("title", f"{spec['name']}: {y} vs {plot_spec['x']}"), fontsize=10)
   if not points:
     ax.text(0.5, 0.5, "no completed trials yet", ha="center", va="center",
