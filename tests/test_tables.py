@@ -445,3 +445,20 @@ def test_relative_to_swaps_only_its_field_and_reports_a_failed_reference(tmp_pat
     tables.check_spec(memory | {"relative_to": {"attention": "Dense"}}, listed)
   with pytest.raises(ValueError, match=r"`scale` must be a positive number"):
     tables.check_spec(memory | {"scale": "MiB"}, listed)
+
+
+def test_fields_may_be_products_or_ratios_of_two_fields():
+  overrides = {"num_heads": 4, "head_dim": 16, "task_options": {"seq_len": 128}}
+  assert tables.field_value(overrides, "num_heads*head_dim") == 64
+  assert tables.field_value(overrides, "task_options.seq_len/num_heads") == 32.0
+  assert tables.field_value(overrides, "num_heads*d_model", None) is None
+  with pytest.raises(KeyError):
+    tables.field_value(overrides, "num_heads*d_model")
+  # As a filter: row (A) of Vaswani et al.'s Table 3, heads that split d_model=64,
+  # leaves out the trial that shrinks d_k at 8 heads.
+  trials = [{"overrides": {"num_heads": h, "head_dim": d}}
+            for h, d in [(1, 64), (8, 8), (8, 2), (32, 2)]]
+  kept = [t["overrides"] for t in trials
+          if tables._in_table(t, ["num_heads"], {"num_heads*head_dim": 64})]
+  assert kept == [{"num_heads": 1, "head_dim": 64}, {"num_heads": 8, "head_dim": 8},
+                  {"num_heads": 32, "head_dim": 2}]

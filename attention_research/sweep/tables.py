@@ -30,9 +30,11 @@ DIR/trials/<id>/result.json. A table spec (a JSON-able dict):
                {"kind": "loglog_slope", "x": "task_options.seq_len",
                 "y": "train_step_temp_bytes", "series": "attention"}]}
 
-A field is an override key ("num_heads", "task_options.seq_len") or a path
+A field is an override key ("num_heads", "task_options.seq_len"), a path
 into a dict-valued override ("task_options.seq_len" when the grid set
-"task_options" whole). A trial lacking a row or column field is not in that
+"task_options" whole), or the product or ratio of two fields
+("num_heads*head_dim": 64 as a filter keeps the trials whose heads split a
+width of 64). A trial lacking a row or column field is not in that
 table. Rows and columns come in the order their values first appear in the
 trial list; a row label is the row's values joined by ", ", a column header
 is "field=value" (joined by ", ").
@@ -148,9 +150,18 @@ def _check_has_tables(workdir, specs):
 # ----------------------------------------------------------- fields, metrics
 
 def field_value(overrides, field, default=_REQUIRED):
-  """The trial's value of `field`: an override key or a path into a dict-valued override."""
+  """The trial's value of `field`: an override key, a path into a dict-valued override,
+  or the product or ratio of two such fields ("num_heads*head_dim", "d_model/num_layers")."""
   if field in overrides:
     return overrides[field]
+  for op in ("*", "/"):
+    if op in field:
+      a, b = (field_value(overrides, part, _MISSING) for part in field.split(op, 1))
+      if _MISSING not in (a, b):
+        return a * b if op == "*" else a / b
+      if default is _REQUIRED:
+        raise KeyError(field)
+      return default
   parts = field.split(".")
   for i in range(len(parts) - 1, 0, -1):
     node = overrides.get(".".join(parts[:i]), _MISSING)

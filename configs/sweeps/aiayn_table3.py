@@ -105,6 +105,7 @@ def get_tables(config):
   for name, _, paper, p in ROWS:
     if name not in run:
       published[f"{name} (not run at scale={config.scale})"] = [name, *_paper_text(p)]
+  base = dict(zip(FIELDS, BASE[config.scale]))
   return [{
       "name": "table3",
       "caption": (f"Variations on the Transformer, Vaswani et al. 2017 Table 3 rows A, B, C, E "
@@ -123,4 +124,24 @@ def get_tables(config):
       "published": {"source": "Vaswani et al. 2017 Table 3",
                     "columns": ["row", "PPL (dev)", "BLEU (dev)", "params x10^6"],
                     "rows": published},
+  }, {
+      # Row (A) alone: the base's every field but heads, with d_k = d_model / h.
+      "name": "table3_heads",
+      "caption": (f"Row (A): PPL and accuracy against the number of heads at d_model "
+                  f"{base['d_model']}, d_k = d_model / h (scale={config.scale}; the task as "
+                  f"in table3)."),
+      "rows": ["num_heads"],
+      "columns": [],
+      "filters": {f: base[f] for f in ("num_layers", "d_model", "mlp_dim", "pos")}
+                 | {"num_heads*head_dim": base["d_model"]},
+      "metric": ["final_eval.perplexity", "final_eval.accuracy"],
+      "metric_label": ["PPL", "accuracy"],
+      "format": ["{:.3f}", "{:.3f}"],
+      "published": {"source": "Vaswani et al. 2017 Table 3",
+                    "columns": ["PPL (dev)", "BLEU (dev)"],
+                    "rows": {str(o["num_heads"]): _paper_text(p)[:2]
+                             for name, o, p in _rows(config.scale)
+                             if name == "base" or name.startswith("(A)")}},
+      "plots": [{"kind": "line", "x": "num_heads", "y": "final_eval.perplexity", "logx": True,
+                 "title": f"Row (A): PPL against heads at d_model {base['d_model']}"}],
   }]
