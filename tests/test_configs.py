@@ -95,4 +95,11 @@ def test_sweep_config_trials_and_tables_validate(name, scale):
   listed = [{"index": i, "id": tid, "name": n, "overrides": o} for i, tid, n, o, _ in trials]
   for spec in module.get_tables(base):
     tables.check_spec(spec, listed)
+    # Published figures sit beside our rows only if their keys are our row labels;
+    # a mismatch would silently become an extra row. Paper-only rows say so.
+    ours = {tables.row_label([tables.field_value(t["overrides"], f) for f in spec["rows"]])
+            for t in listed if tables._in_table(t, spec["rows"], spec.get("filters", {}))}
+    for label in spec.get("published", {}).get("rows", {}):
+      assert label in ours or "not run" in label, (
+          f"{name} table {spec['name']}: published row {label!r} matches none of ours")
   assert "TBD" not in module.__doc__ and "python -m experiments.sweep" in module.__doc__

@@ -199,6 +199,12 @@ def _has(trial, field):
   return field_value(trial["overrides"], field, _MISSING) is not _MISSING
 
 
+def row_label(values):
+  """A table row's label: its row fields' values as trial names print them, joined by ", "
+  (the key of a sweep config's published rows)."""
+  return ", ".join(_label(v) for v in values)
+
+
 def _label(value):
   # As the trial names print it (grid.trial_name), so published row keys match.
   return f"{value:g}" if isinstance(value, float) else str(value)
@@ -312,7 +318,7 @@ def build_table(spec, trials, results):
     rv = [field_value(t["overrides"], f) for f in row_fields]
     cv = [field_value(t["overrides"], f) for f in col_fields]
     rk, ck = _key(rv), _key(cv)
-    row_keys.setdefault(rk, ", ".join(_label(v) for v in rv))
+    row_keys.setdefault(rk, row_label(rv))
     col_keys.setdefault(ck, ", ".join(f"{f}={_label(v)}" for f, v in zip(col_fields, cv)))
     cells.setdefault((rk, ck), []).append(t)
   metrics = _metrics(spec)
@@ -326,8 +332,8 @@ def build_table(spec, trials, results):
 
   relative_to = dict(spec.get("relative_to", {}))
   rows, any_count = [], False
-  for rk, row_label in row_keys.items():
-    row = [row_label]
+  for rk, label in row_keys.items():
+    row = [label]
     if relative_to:  # the same row with the reference value(s) in place
       row_values = dict(zip(row_fields, json.loads(rk)))
       ref_key = _key([relative_to.get(f, row_values[f]) for f in row_fields])

@@ -23,6 +23,7 @@ Expected (measured; docs/results/aiayn_table3/): PPL 1.00-1.01 (solved) for ever
   h=8 4.73, d_model 32 9.55.
 """
 
+from attention_research.sweep import tables
 from configs import common
 from configs.tasks import copy as copy_task
 
@@ -88,8 +89,7 @@ def get_sweep(h, config):
 
 
 def _label(overrides):
-  # The tables' row label: the row fields' values joined by ", ".
-  return ", ".join(str(overrides[f]) for f in FIELDS)
+  return tables.row_label([overrides[f] for f in FIELDS])
 
 
 def _paper_text(published):
