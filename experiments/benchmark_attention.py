@@ -320,7 +320,16 @@ def measure_point(name, s: Settings, length, skip_reason=None) -> Point:
   too_big, inputs = {}, None
   for mode, (fn, mode_specs) in modes.items():
     key = mode.replace("+", "_")
-    executable, seconds, temp, total = compile_timed(fn, mode_specs)
+    try:
+      executable, seconds, temp, total = compile_timed(fn, mode_specs)
+    except jax.errors.JaxRuntimeError as e:
+      # On GPUs XLA's autotuner runs candidate kernels on real buffers while
+      # compiling, so a program far over the device's memory fails to compile
+      # rather than reporting its size.
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      too_big[mode] = None
+      continue
     setattr(point, f"compile_{key}_s", seconds)
     setattr(point, f"temp_{key}_bytes", temp)
     if skip_reason:
@@ -336,7 +345,8 @@ def measure_point(name, s: Settings, length, skip_reason=None) -> Point:
 
 def memory_note(too_big, budget, num_modes) -> str:
   """'skipped: needs X GiB > budget Y GiB', prefixed by the mode unless all were skipped."""
-  notes = [f"skipped: needs {need / GIB:.3g} GiB > budget {budget / GIB:.3g} GiB"
+  notes = ["skipped: out of device memory while compiling" if need is None else
+           f"skipped: needs {need / GIB:.3g} GiB > budget {budget / GIB:.3g} GiB"
            for need in too_big.values()]
   if len(too_big) == num_modes:
     return notes[-1]  # the largest need, fwd+bwd's

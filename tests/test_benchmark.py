@@ -167,3 +167,28 @@ def test_lengths_past_max_seconds_are_skipped(tmp_path, capsys):
   assert float(first["fwd_bwd_ms"]) > 0 and first["note"] == ""
   assert second["fwd_bwd_ms"] == ""
   assert second["note"] == "skipped: slower than --max_seconds at smaller L"
+
+
+def test_a_program_too_big_to_compile_is_skipped_and_other_errors_are_not(
+    tmp_path, capsys, monkeypatch):
+  # On a GPU, XLA's autotuner allocates a program's buffers while compiling, so
+  # a point far over the device's memory fails in compile(), not in the budget
+  # check. Here fwd+bwd fails that way and fwd compiles.
+  compile_timed = bench.compile_timed
+  def failing(message):
+    def compile_or_fail(fn, specs):
+      if len(specs) == 4:  # q, k, v and the cotangent: the fwd+bwd program
+        raise jax.errors.JaxRuntimeError(message)
+      return compile_timed(fn, specs)
+    return compile_or_fail
+
+  monkeypatch.setattr(bench, "compile_timed", failing(
+      "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 128.02GiB"))
+  run_binary(capsys, "--variants=dense", "--nobaseline", "--lengths=64", f"--out_dir={tmp_path}")
+  [row] = read_csv(tmp_path / "benchmark.csv")
+  assert float(row["fwd_ms"]) > 0 and row["fwd_bwd_ms"] == "" and row["compile_fwd_bwd_s"] == ""
+  assert row["note"] == "fwd+bwd skipped: out of device memory while compiling"
+
+  monkeypatch.setattr(bench, "compile_timed", failing("INTERNAL: something else"))
+  with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+    run_binary(capsys, "--variants=dense", "--nobaseline", "--lengths=64", f"--out_dir={tmp_path}")
