@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_research import attention
+from attention_research import host_malloc
 
 BASELINE = "jax.nn.dot_product_attention"
 # Benchmark settings that differ from the registry defaults.
@@ -70,6 +71,12 @@ flags.DEFINE_float("memory_budget_gb", None,
 flags.DEFINE_float("max_seconds", 30.0,
                    "Once a variant's fwd+bwd takes longer than this, skip its longer lengths.")
 flags.DEFINE_integer("matmul_size", 2048, "n of the n x n x n matmul that sets the GFLOP/s ceiling.")
+flags.DEFINE_bool("keep_freed_memory", False,
+                  "Before jax starts, make glibc's malloc keep freed memory for reuse (see "
+                  "attention_research/host_malloc.py). By default every call page-faults its "
+                  "buffers of 32 MiB and more afresh while smaller ones are reused: a real cost "
+                  "on CPU, which falls on long sequences and on whatever materialises large "
+                  "arrays. With the flag, times are the computation's alone.")
 flags.DEFINE_string("out_dir", None, "Write benchmark.{md,csv,png} here (default: only print).")
 
 FLAGS = flags.FLAGS
@@ -95,6 +102,7 @@ class Settings:
   options: dict = dataclasses.field(default_factory=dict)  # variant -> benchmark options
   max_seconds: float = 30.0
   matmul_size: int = 2048
+  malloc: str = "default"          # the host allocator's setting, for the report
 
   @property
   def names(self) -> list:
@@ -480,6 +488,7 @@ def header_lines(s: Settings, ceiling_gflops) -> list:
       f"causal={s.causal}; times: median of {s.repeats} after a warm-up",
       f"matmul ceiling: {ceiling_gflops:.1f} GFLOP/s ({s.dtype} {s.matmul_size}^3, median)",
       f"memory budget: {s.memory_budget_bytes / GIB:.3g} GiB; max seconds: {s.max_seconds}",
+      f"host malloc: {s.malloc}",
       f"options: {options}",
   ]
 
@@ -569,7 +578,15 @@ def run(s: Settings) -> Report:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  report = run(settings_from_flags(FLAGS))
+  # Before settings_from_flags, whose memory budget starts jax's backend.
+  kept = FLAGS.keep_freed_memory and host_malloc.keep_freed_memory()
+  settings = settings_from_flags(FLAGS)
+  if FLAGS.keep_freed_memory:
+    settings = dataclasses.replace(settings, malloc=(
+        "glibc keeps freed memory ("
+        + ", ".join(f"{k}={v}" for k, (_, v) in host_malloc.SETTINGS.items()) + ")"
+        if kept else "default (not glibc's malloc, so nothing was set)"))
+  report = run(settings)
   print(markdown(report))
   if FLAGS.out_dir:
     write_outputs(report, FLAGS.out_dir)

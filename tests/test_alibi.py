@@ -15,7 +15,7 @@ from tests import reference
 
 ALIBI = ["dense", "blockwise", "local"]
 # Small blocks so several blocks, a ragged last block and padding are exercised.
-OPTIONS = {"blockwise": dict(block_q=16, block_k=8), "local": dict(window=5, block_size=8)}
+OPTIONS = {"blockwise": dict(block_q=16, block_k=8), "local": dict(window=5, block_size=8, rows_per_step=16)}
 # Distinct, non-monotone slopes: a head mixed up with another changes the result.
 SLOPES = np.array([0.3, 0.05, 0.6, 0.01], np.float32)
 HEAD_DIM = 8

@@ -145,6 +145,7 @@ def test_end_to_end_tiny_run(tmp_path, capsys):
   assert "| variant | L | fwd ms | fwd+bwd ms |" in markdown
   assert "| variant | L timed | slope fwd+bwd time |" in markdown
   assert "matmul ceiling:" in markdown and f"jax {jax.__version__}" in markdown
+  assert "- host malloc: default\n" in markdown
 
 
 def test_point_over_memory_budget_is_compiled_but_not_run(tmp_path, capsys):

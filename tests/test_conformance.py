@@ -17,7 +17,7 @@ from tests import reference
 # Small-shape options per variant; a new variant runs with its defaults.
 SMALL_OPTIONS = {
     "blockwise": dict(block_q=8, block_k=16),
-    "local": dict(window=5, block_size=8),
+    "local": dict(window=5, block_size=8, rows_per_step=16),  # 2 blocks a step
     "strided": dict(stride=4),
     "bigbird": dict(block_size=4, num_window_blocks=3, num_global_blocks=1,
                     num_random_blocks=2, seed=3),
@@ -176,6 +176,22 @@ def test_blockwise_with_all_heads_per_step_equals_float64_softmax(case):
   d_out = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
   fn = lambda q, k, v: attention.get("blockwise")(q, k, v, causal=causal, kv_mask=kv_mask, block_q=8,
                                            block_k=16, sequential_heads=False)
+  out, vjp = jax.vjp(jax.jit(fn), q, k, v)
+  np.testing.assert_allclose(out, reference.softmax_attention(q, k, v, mask), atol=2e-5, rtol=1e-5)
+  for got, want in zip(vjp(d_out), reference.softmax_attention_vjp(q, k, v, mask, d_out)):
+    np.testing.assert_allclose(got, want, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["causal_gqa_odd", "kvmask_mqa", "cross_kvmask", "cross_causal"])
+def test_local_in_one_step_equals_float64_softmax(case):
+  """`local` with every query row in one step (SMALL_OPTIONS take several)."""
+  batch, q_len, k_len, heads, kv_heads, causal, kind = CASES[case]
+  q, k, v, kv_mask = make_inputs(batch, q_len, k_len, heads, kv_heads, kind)
+  pattern = attention.local_mask(q_len, k_len, window=5, causal=causal)
+  mask = reference.full_mask(batch, heads, q_len, k_len, pattern, kv_mask)
+  d_out = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
+  fn = lambda q, k, v: attention.get("local")(q, k, v, causal=causal, kv_mask=kv_mask, window=5,
+                                              block_size=8, rows_per_step=None)
   out, vjp = jax.vjp(jax.jit(fn), q, k, v)
   np.testing.assert_allclose(out, reference.softmax_attention(q, k, v, mask), atol=2e-5, rtol=1e-5)
   for got, want in zip(vjp(d_out), reference.softmax_attention_vjp(q, k, v, mask, d_out)):

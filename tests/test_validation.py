@@ -40,6 +40,7 @@ def test_contract_violations_raise_before_compiling(name, args, kwargs, match):
     ("blockwise", {"block_k": 2.5}, "`block_k` must be a positive integer"),
     ("local", {"window": -1}, "`window` must be an integer >= 0"),
     ("local", {"block_size": 0}, "`block_size` must be a positive integer"),
+    ("local", {"rows_per_step": 0}, "`rows_per_step` must be a positive integer"),
     ("strided", {"stride": 0}, "`stride` must be a positive integer"),
     ("bigbird", {"block_size": 0}, "`block_size` must be a positive integer"),
     ("bigbird", {"num_window_blocks": 2}, "`num_window_blocks` must be odd"),

@@ -29,13 +29,16 @@ def _weighted_sum(phi_q, phi_k, value, s, causal, chunk):
 
   phi_q: [B, Hkv, G, Lq, F]; phi_k: [B, Hkv, Lk, F], zero for masked keys.
   Heads lead and length is second to last, so each einsum is a plain batched
-  matmul with no transposes of L-sized arrays (memory-bound work here).
+  matmul with no transposes of L-sized arrays (memory-bound work here). The
+  values carry an extra column of ones, so one matmul gives the numerator
+  and, in that column, the denominator: a separate sum of phi_k and a
+  matrix-vector product would each be another pass over L-sized arrays.
   """
   v = value.astype(jnp.float32).transpose(0, 2, 1, 3)  # [B, Hkv, Lk, D]
+  v = jnp.concatenate([v, jnp.ones(v.shape[:-1] + (1,), v.dtype)], axis=-1)
   if not causal:
     state = jnp.einsum("bhkf,bhkd->bhfd", phi_k, v)
     num = jnp.einsum("bhgqf,bhfd->bhgqd", phi_q, state)
-    den = jnp.einsum("bhgqf,bhf->bhgq", phi_q, phi_k.sum(2))
   else:
     # Causal is top-left aligned (key j <= query i), so pad both sides to a
     # common length; padded keys have phi_k = 0 and padded queries are dropped.
@@ -48,12 +51,10 @@ def _weighted_sum(phi_q, phi_k, value, s, causal, chunk):
     scores = jnp.einsum("bhgnqf,bhnkf->bhgnqk", pq, pk) * jnp.tril(jnp.ones((c, c)))
     states = jnp.einsum("bhnkf,bhnkd->bhnfd", pk, pv)
     states = _exclusive_cumsum(states, axis=2)            # keys of earlier chunks only
-    sums = _exclusive_cumsum(pk.sum(3), axis=2)
     num = (jnp.einsum("bhgnqk,bhnkd->bhgnqd", scores, pv)
            + jnp.einsum("bhgnqf,bhnfd->bhgnqd", pq, states))
-    den = scores.sum(-1) + jnp.einsum("bhgnqf,bhnf->bhgnq", pq, sums)
     num = num.reshape(*num.shape[:3], length, num.shape[-1])[:, :, :, :s.q_len]
-    den = den.reshape(*den.shape[:3], length)[:, :, :, :s.q_len]
+  num, den = num[..., :-1], num[..., -1]
   # The weights are >= 0, so den = 0 only when every weight is 0 (no key):
   # such a row is defined as zeros.
   has_key = den > 0

@@ -45,8 +45,8 @@ def full_mask(q_len, k_len, *, causal=False):
   return (j <= i) if causal else np.ones((q_len, k_len), bool)
 
 
-def local_mask(q_len, k_len, *, window=128, causal=False, block_size=None):
-  """[q_len, k_len] bool mask of `local` (block_size does not change it)."""
+def local_mask(q_len, k_len, *, window=128, causal=False, block_size=None, rows_per_step=None):
+  """[q_len, k_len] bool mask of `local` (block_size and rows_per_step do not change it)."""
   common.non_negative_int("local", "window", window)
   i, j = _grid(q_len, k_len)
   return np.asarray(local_allowed(i, j, window=window, causal=causal))
