@@ -166,33 +166,28 @@ def test_registry_lists_every_family_and_rejects_unknown_names():
     assert spec.exact == (spec.mask is not None)
 
 
-@pytest.mark.parametrize("case", ["causal_gqa_odd", "causal_kvmask_empty_rows", "cross_kvmask"])
-def test_blockwise_with_all_heads_per_step_equals_float64_softmax(case):
-  """The vectorised-heads path (the default off CPU) against the reference."""
+def check_option_path(case, name, mask_fn, **options):
+  """`name` with `options` (a non-default code path) against the float64 reference."""
   batch, q_len, k_len, heads, kv_heads, causal, kind = CASES[case]
   q, k, v, kv_mask = make_inputs(batch, q_len, k_len, heads, kv_heads, kind)
-  mask = reference.full_mask(batch, heads, q_len, k_len,
-                             np.tril(np.ones((q_len, k_len), bool)) if causal else None, kv_mask)
+  mask = reference.full_mask(batch, heads, q_len, k_len, mask_fn(q_len, k_len, causal), kv_mask)
   d_out = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
-  fn = lambda q, k, v: attention.get("blockwise")(q, k, v, causal=causal, kv_mask=kv_mask, block_q=8,
-                                           block_k=16, sequential_heads=False)
+  fn = lambda q, k, v: attention.get(name)(q, k, v, causal=causal, kv_mask=kv_mask, **options)
   out, vjp = jax.vjp(jax.jit(fn), q, k, v)
   np.testing.assert_allclose(out, reference.softmax_attention(q, k, v, mask), atol=2e-5, rtol=1e-5)
   for got, want in zip(vjp(d_out), reference.softmax_attention_vjp(q, k, v, mask, d_out)):
     np.testing.assert_allclose(got, want, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["causal_gqa_odd", "causal_kvmask_empty_rows", "cross_kvmask"])
+def test_blockwise_with_all_heads_per_step_equals_float64_softmax(case):
+  """The vectorised-heads path (the default off CPU) against the reference."""
+  causal_only = lambda q_len, k_len, causal: np.tril(np.ones((q_len, k_len), bool)) if causal else None
+  check_option_path(case, "blockwise", causal_only, block_q=8, block_k=16, sequential_heads=False)
 
 
 @pytest.mark.parametrize("case", ["causal_gqa_odd", "kvmask_mqa", "cross_kvmask", "cross_causal"])
 def test_local_in_one_step_equals_float64_softmax(case):
   """`local` with every query row in one step (SMALL_OPTIONS take several)."""
-  batch, q_len, k_len, heads, kv_heads, causal, kind = CASES[case]
-  q, k, v, kv_mask = make_inputs(batch, q_len, k_len, heads, kv_heads, kind)
-  pattern = attention.local_mask(q_len, k_len, window=5, causal=causal)
-  mask = reference.full_mask(batch, heads, q_len, k_len, pattern, kv_mask)
-  d_out = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
-  fn = lambda q, k, v: attention.get("local")(q, k, v, causal=causal, kv_mask=kv_mask, window=5,
-                                              block_size=8, rows_per_step=None)
-  out, vjp = jax.vjp(jax.jit(fn), q, k, v)
-  np.testing.assert_allclose(out, reference.softmax_attention(q, k, v, mask), atol=2e-5, rtol=1e-5)
-  for got, want in zip(vjp(d_out), reference.softmax_attention_vjp(q, k, v, mask, d_out)):
-    np.testing.assert_allclose(got, want, atol=5e-5, rtol=1e-4)
+  window = lambda q_len, k_len, causal: attention.local_mask(q_len, k_len, window=5, causal=causal)
+  check_option_path(case, "local", window, window=5, block_size=8, rows_per_step=None)
