@@ -8,7 +8,7 @@ arena returns the pages of a freed heap, so every call pays a page fault per
 That makes long sequences pay a cost that short ones do not: on the
 development VM a 32 MiB elementwise op took 12 ms against 0.5 ms for a 4 MiB
 one (24x for 8x the data), and linear attention's fwd+bwd at L = 16384 took
-404 ms against 255 ms with the setting below.
+404 ms against 255 ms with the setting below (back-to-back runs).
 
 `keep_freed_memory()` sets one arena, no mmap for large blocks and no
 trimming, so freed blocks stay in the process and are reused. Call it before

@@ -140,15 +140,20 @@ def test_alibi_bfloat16_follows_float32(name):
     np.testing.assert_allclose(np.asarray(g16, np.float32), g32, atol=5e-2 * scale)
 
 
-def test_blockwise_alibi_with_all_heads_per_step_equals_float64_softmax():
-  """The vectorised-heads path (the default off CPU) carries the bias too."""
+@pytest.mark.parametrize("name,path", [("blockwise", dict(sequential_heads=False)),
+                                       ("local", dict(rows_per_step=None))],
+                         ids=["blockwise_all_heads_per_step", "local_one_step"])
+def test_alibi_on_the_other_code_path_equals_float64_softmax(name, path):
+  """The paths OPTIONS do not take carry the bias too: blockwise's vectorised
+  heads (the default off CPU) and local in one step (any L <= rows_per_step)."""
   batch, q_len, k_len, heads, kv_heads, causal, kind = CASES["causal_kvmask_empty_rows"]
   q, k, v, kv_mask = make_inputs(batch, q_len, k_len, heads, kv_heads, kind)
-  mask = reference_mask("blockwise", batch, heads, q_len, k_len, causal, kv_mask)
+  mask = reference_mask(name, batch, heads, q_len, k_len, causal, kv_mask)
   bias = reference.alibi_bias(SLOPES, q_len, k_len)
   d_out = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
-  fn = lambda q, k, v, slopes: call("blockwise", q, k, v, causal=causal, kv_mask=kv_mask,
-                                    sequential_heads=False, alibi_slopes=slopes)
+  options = {**OPTIONS[name], **path}
+  fn = lambda q, k, v, slopes: attention.get(name)(q, k, v, causal=causal, kv_mask=kv_mask,
+                                                   alibi_slopes=slopes, **options)
   out, vjp = jax.vjp(jax.jit(fn), q, k, v, jnp.asarray(SLOPES))
   np.testing.assert_allclose(out, reference.softmax_attention(q, k, v, mask, bias),
                              atol=2e-5, rtol=1e-5)

@@ -151,8 +151,9 @@ def _local_steps(query, key, value, kv_mask, s, *, block, reach, causal, allowed
   rematerialised (jax.checkpoint), so the backward keeps only the inputs and
   recomputes one step's logits at a time: memory O(L) plus one step's tiles.
   """
-  m = per_step
-  steps = -(-s.q_len // (m * block))
+  nq = -(-s.q_len // block)
+  steps = -(-nq // per_step)
+  m = -(-nq // steps)  # balanced, so the last step is not mostly padding
   span = (m + 2 * reach) * block                             # keys one step sees
   left = reach * block
   padded_len = max(steps * m * block, s.k_len) + 2 * left
