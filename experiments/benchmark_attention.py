@@ -1,15 +1,17 @@
 """Benchmark attention variants: time and memory against sequence length.
 
 For each variant and length this measures the forward and the
-forward+backward time (median over --repeats after one warm-up call; compile
-time reported apart) and the temporary memory of the compiled executable
+forward+backward time (median over at least --repeats calls and at least
+--min_timing_seconds of calls, after one warm-up call; compile time reported
+apart) and the temporary memory of the compiled executable
 (XLA's `memory_analysis().temp_size_in_bytes`). The same run times
 `jax.nn.dot_product_attention` as the baseline and a square matrix multiply as
-the GFLOP/s ceiling of this machine, so every number has a reference measured
-beside it. It prints Markdown tables (per point, then each variant's fitted
-log-log slope) and, with --out_dir, writes benchmark.md, benchmark.csv and
-benchmark.png (fwd+bwd time and temp memory against L, log-log, each
-variant's slope in the legend).
+the GFLOP/s ceiling of this machine (sampled before each variant, the
+median reported), so every number has a reference measured beside it. It
+prints Markdown tables (per point, then each variant's fitted log-log slope)
+and, with --out_dir, writes benchmark.md, benchmark.csv and benchmark.png
+(fwd+bwd time and temp memory against L, log-log, each variant's slope in
+the legend).
 
     python -m experiments.benchmark_attention \
         --variants=dense,blockwise,local,linear,performer \
@@ -47,6 +49,7 @@ BASELINE = "jax.nn.dot_product_attention"
 # Benchmark settings that differ from the registry defaults.
 BENCHMARK_DEFAULTS = {"local": {"window": 256}}  # the issue's target window
 MIB, GIB = 2.0**20, 2.0**30
+MAX_CALLS = 200  # per timed point, however short its calls
 
 flags.DEFINE_list("variants", None,
                   f"Registered attention variants (default: all of {attention.names()}). "
@@ -60,7 +63,12 @@ flags.DEFINE_integer("kv_heads", None, "Key/value heads (default: --heads); must
 flags.DEFINE_integer("head_dim", 64, "Head dimension D.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Input dtype (and the matmul's).")
 flags.DEFINE_bool("causal", False, "Causal attention.")
-flags.DEFINE_integer("repeats", 3, "Timed calls per point after one warm-up; the median is reported.")
+flags.DEFINE_integer("repeats", 3, "Fewest timed calls per point after one warm-up (see "
+                     "--min_timing_seconds); the median is reported.")
+flags.DEFINE_float("min_timing_seconds", 0.3,
+                   "Keep timing a point past --repeats calls until this much time is spent (at "
+                   f"most {MAX_CALLS} calls), so a point of a few ms gets a stable median on a "
+                   "noisy machine.")
 flags.DEFINE_multi_string("option", [],
                           "variant.option=value, repeatable, e.g. --option=local.window=512; "
                           "the value is a Python literal (a bare word is a string). "
@@ -99,6 +107,7 @@ class Settings:
   dtype: str = "float32"
   causal: bool = False
   repeats: int = 3
+  min_timing_seconds: float = 0.0
   options: dict = dataclasses.field(default_factory=dict)  # variant -> benchmark options
   max_seconds: float = 30.0
   matmul_size: int = 2048
@@ -188,13 +197,15 @@ def settings_from_flags(f) -> Settings:
     for name in ("batch", "heads", "head_dim", "repeats", "matmul_size"):
       if getattr(f, name) < 1:
         raise ValueError(f"--{name} must be >= 1, got {getattr(f, name)}")
+    if f.min_timing_seconds < 0:
+      raise ValueError(f"--min_timing_seconds must be >= 0, got {f.min_timing_seconds}")
     if kv_heads < 1 or f.heads % kv_heads:
       raise ValueError(f"--kv_heads ({kv_heads}) must divide --heads ({f.heads})")
     budget = default_memory_budget_bytes() if f.memory_budget_gb is None else f.memory_budget_gb * GIB
     return Settings(
         variants=variants, lengths=parse_lengths(f.lengths), memory_budget_bytes=budget,
         baseline=baseline, batch=f.batch, heads=f.heads, kv_heads=kv_heads, head_dim=f.head_dim,
-        dtype=f.dtype, causal=f.causal, repeats=f.repeats,
+        dtype=f.dtype, causal=f.causal, repeats=f.repeats, min_timing_seconds=f.min_timing_seconds,
         options=benchmark_options(variants, parse_options(f.option)),
         max_seconds=f.max_seconds, matmul_size=f.matmul_size)
   except ValueError as e:
@@ -219,6 +230,8 @@ def fit_slope(lengths, values) -> float:
   y = np.log([p[1] for p in pairs])
   if len(set(x)) < 2:
     return math.nan
+  if len(set(y)) == 1:
+    return 0.0  # constant memory: exactly flat (the mean of equal logs can round)
   x_centered = x - x.mean()
   return float(np.sum(x_centered * (y - y.mean())) / np.sum(x_centered**2))
 
@@ -307,11 +320,12 @@ def compile_timed(fn, specs):
   return executable, seconds, memory.temp_size_in_bytes, total
 
 
-def median_seconds(executable, args, repeats) -> float:
-  """Median wall time of `repeats` calls after one warm-up call."""
+def median_seconds(executable, args, repeats, min_seconds=0.0) -> float:
+  """Median wall time after one warm-up call, over at least `repeats` calls
+  and, up to MAX_CALLS, until the calls add up to `min_seconds`."""
   jax.block_until_ready(executable(*args))
   times = []
-  for _ in range(repeats):
+  while len(times) < repeats or (sum(times) < min_seconds and len(times) < MAX_CALLS):
     start = time.perf_counter()
     jax.block_until_ready(executable(*args))
     times.append(time.perf_counter() - start)
@@ -346,7 +360,8 @@ def measure_point(name, s: Settings, length, skip_reason=None) -> Point:
       too_big[mode] = total
       continue
     inputs = inputs or random_inputs(specs)
-    setattr(point, f"{key}_s", median_seconds(executable, inputs[:len(mode_specs)], s.repeats))
+    setattr(point, f"{key}_s", median_seconds(executable, inputs[:len(mode_specs)], s.repeats,
+                                              s.min_timing_seconds))
   point.note = skip_reason or memory_note(too_big, s.memory_budget_bytes, len(modes))
   return point
 
@@ -376,11 +391,13 @@ def measure_variant(name, s: Settings) -> list:
   return points
 
 
-def matmul_gflops(n, dtype, repeats) -> float:
-  """GFLOP/s of an n x n x n matmul (2 n^3 FLOPs), median time over max(repeats, 5)."""
+def matmul_gflops(n, dtype, repeats, min_seconds=0.0) -> float:
+  """GFLOP/s of an n x n x n matmul (2 n^3 FLOPs): median time of at least
+  max(repeats, 5) calls and min_seconds of calls."""
   a, b = random_inputs([jax.ShapeDtypeStruct((n, n), jnp.dtype(dtype))] * 2, seed=1)
   executable = jax.jit(jnp.matmul).lower(a, b).compile()
-  return 2.0 * n**3 / median_seconds(executable, (a, b), max(repeats, 5)) / 1e9
+  seconds = median_seconds(executable, (a, b), max(repeats, 5), min_seconds)
+  return 2.0 * n**3 / seconds / 1e9
 
 
 def check_variants_trace(s: Settings):
@@ -396,7 +413,7 @@ def check_variants_trace(s: Settings):
 @dataclasses.dataclass
 class Report:
   settings: Settings
-  ceiling_gflops: float
+  ceiling_gflops: float  # median of the samples taken through the run
   header: list   # lines
   points: list   # Points, by variant then length
 
@@ -476,7 +493,7 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
-def header_lines(s: Settings, ceiling_gflops) -> list:
+def header_lines(s: Settings, ceiling_samples, ceiling_gflops) -> list:
   device = jax.devices()[0]
   options = "; ".join(f"{name} {({**attention.variant(name).options, **s.options[name]})}"
                       for name in s.variants)
@@ -485,8 +502,11 @@ def header_lines(s: Settings, ceiling_gflops) -> list:
       f"({device.device_kind}) x{jax.device_count()}",
       f"jax {jax.__version__}; {datetime.datetime.now().isoformat(timespec='seconds')}",
       f"shape: B={s.batch} H={s.heads} Hkv={s.kv_heads} D={s.head_dim} {s.dtype}, "
-      f"causal={s.causal}; times: median of {s.repeats} after a warm-up",
-      f"matmul ceiling: {ceiling_gflops:.1f} GFLOP/s ({s.dtype} {s.matmul_size}^3, median)",
+      f"causal={s.causal}; times: median of at least {s.repeats} calls and "
+      f"{s.min_timing_seconds:g} s of calls, after a warm-up",
+      f"matmul ceiling: {ceiling_gflops:.1f} GFLOP/s ({s.dtype} "
+      f"{s.matmul_size}^3; median of {len(ceiling_samples)} samples, one before each variant: "
+      f"{min(ceiling_samples):.0f} to {max(ceiling_samples):.0f})",
       f"memory budget: {s.memory_budget_bytes / GIB:.3g} GiB; max seconds: {s.max_seconds}",
       f"host malloc: {s.malloc}",
       f"options: {options}",
@@ -569,10 +589,15 @@ def write_outputs(report: Report, out_dir):
 
 def run(s: Settings) -> Report:
   check_variants_trace(s)
-  ceiling = matmul_gflops(s.matmul_size, s.dtype, s.repeats)
-  logging.info("matmul ceiling: %.1f GFLOP/s", ceiling)
-  points = [p for name in s.names for p in measure_variant(name, s)]
-  return Report(s, ceiling, header_lines(s, ceiling), points)
+  # A shared machine's speed drifts over a long run, so the ceiling is
+  # sampled before each variant rather than once at the start.
+  samples, points = [], []
+  for name in s.names:
+    samples.append(matmul_gflops(s.matmul_size, s.dtype, s.repeats, s.min_timing_seconds))
+    logging.info("matmul ceiling sample: %.1f GFLOP/s", samples[-1])
+    points += measure_variant(name, s)
+  ceiling = float(np.median(samples))
+  return Report(s, ceiling, header_lines(s, samples, ceiling), points)
 
 
 def main(argv):

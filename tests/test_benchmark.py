@@ -18,7 +18,7 @@ import pytest
 from attention_research import attention
 from experiments import benchmark_attention as bench
 
-TINY = ["--heads=2", "--head_dim=8", "--repeats=1", "--matmul_size=128"]
+TINY = ["--heads=2", "--head_dim=8", "--repeats=1", "--min_timing_seconds=0", "--matmul_size=128"]
 
 
 def run_binary(capsys, *args):
@@ -46,6 +46,10 @@ def test_fit_slope_matches_polyfit_on_noisy_data():
   times = 1e-6 * lengths**1.7 * np.exp(rng.normal(0, 0.2, lengths.size))
   expected = np.polyfit(np.log(lengths), np.log(times), 1)[0]
   assert bench.fit_slope(lengths, times) == pytest.approx(expected, rel=1e-12)
+
+
+def test_fit_slope_of_constant_values_is_exactly_zero():
+  assert bench.fit_slope([1024, 2048, 4096, 8192, 16384], [6752256] * 5) == 0.0  # 6.6e-31 before
 
 
 def test_fit_slope_ignores_missing_points_and_needs_two():
@@ -98,12 +102,41 @@ def test_option_for_a_variant_not_benchmarked_is_an_error():
     (["--lengths=64,x"], "--lengths must be positive integers"),
     (["--variants=dense", "--option=local.window=8"], "not in --variants"),
     (["--variants=dense,baseline", "--nobaseline"], "--nobaseline"),
+    (["--min_timing_seconds=-1"], "--min_timing_seconds must be >= 0"),
 ])
 def test_bad_flags_are_usage_errors(args, match):
   with flagsaver.flagsaver():
     flags.FLAGS(["benchmark_attention", *TINY, *args])
     with pytest.raises(app.UsageError, match=match):
       bench.settings_from_flags(flags.FLAGS)
+
+
+class FakeExecutable:
+  """Records calls; each call 'takes' the next of `seconds` on a fake clock."""
+
+  def __init__(self, seconds, monkeypatch):
+    self.seconds, self.calls, self.now = list(seconds), 0, 0.0
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: self.now)
+
+  def __call__(self, *args):
+    self.now += self.seconds[min(self.calls, len(self.seconds) - 1)]
+    self.calls += 1
+    return jnp.zeros(())
+
+
+def test_median_seconds_times_short_calls_until_min_seconds(monkeypatch):
+  # Warm-up (not timed), then 3 calls of 0.1 s reach min_seconds = 0.25.
+  fake = FakeExecutable([9.0, 0.1], monkeypatch)
+  assert bench.median_seconds(fake, (), repeats=1, min_seconds=0.25) == pytest.approx(0.1)
+  assert fake.calls == 1 + 3
+  # `repeats` is a floor even when the first calls already exceed min_seconds.
+  fake = FakeExecutable([9.0, 1.0, 2.0, 3.0, 4.0, 5.0], monkeypatch)
+  assert bench.median_seconds(fake, (), repeats=5, min_seconds=0.5) == pytest.approx(3.0)
+  assert fake.calls == 1 + 5
+  # However fast the calls, at most MAX_CALLS are timed.
+  fake = FakeExecutable([0.0], monkeypatch)
+  bench.median_seconds(fake, (), repeats=1, min_seconds=1.0)
+  assert fake.calls == 1 + bench.MAX_CALLS
 
 
 def test_markdown_table_layout():
@@ -146,6 +179,19 @@ def test_end_to_end_tiny_run(tmp_path, capsys):
   assert "| variant | L timed | slope fwd+bwd time |" in markdown
   assert "matmul ceiling:" in markdown and f"jax {jax.__version__}" in markdown
   assert "- host malloc: default\n" in markdown
+
+
+def test_ceiling_is_the_median_of_one_sample_per_variant(tmp_path, capsys, monkeypatch):
+  samples = iter([300.0, 100.0, 200.0])
+  monkeypatch.setattr(bench, "matmul_gflops", lambda *args: next(samples))
+  run_binary(capsys, "--variants=dense,local", "--lengths=64", f"--out_dir={tmp_path}")
+  rows = read_csv(tmp_path / "benchmark.csv")
+  assert {float(r["matmul_ceiling_gflops"]) for r in rows} == {200.0}
+  for r in rows:
+    assert float(r["pct_matmul_ceiling"]) == pytest.approx(
+        float(r["gflops_fwd_dense_equivalent"]) / 2.0)
+  assert "200.0 GFLOP/s (float32 128^3; median of 3 samples, one before each variant: 100 to 300)" \
+      in (tmp_path / "benchmark.md").read_text()
 
 
 def test_point_over_memory_budget_is_compiled_but_not_run(tmp_path, capsys):

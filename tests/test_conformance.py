@@ -21,7 +21,7 @@ SMALL_OPTIONS = {
     "strided": dict(stride=4),
     "bigbird": dict(block_size=4, num_window_blocks=3, num_global_blocks=1,
                     num_random_blocks=2, seed=3),
-    "linear": dict(chunk_size=8),
+    "linear": dict(chunk_size=8, rows_per_step=8),  # causal chunks; non-causal steps
     "performer": dict(num_features=32, chunk_size=8),
 }
 

@@ -5,9 +5,10 @@ Katharopoulos et al. 2020, "Transformers are RNNs", Eq. 4-6:
     out_i = sum_j phi(q_i).phi(k_j) v_j / sum_j phi(q_i).phi(k_j)
 
 with phi(x) = elu(x) + 1 (or relu), no 1/sqrt(D) scaling. The reference below
-forms the O(L^2) weight matrix directly; the library never does (it uses
-chunked prefix sums when causal), so agreement checks the chunking, the
-padding and the GQA bookkeeping. Keys with kv_mask False are dropped; causal
+forms the O(L^2) weight matrix directly; the library never does (chunked
+prefix sums when causal, steps of rows with a hand-written VJP when not), so
+agreement checks the chunking, the steps, the padding and the GQA
+bookkeeping. Keys with kv_mask False are dropped; causal
 means key j <= query i (top-left aligned, also when Lq != Lk); a row with no
 key (all weights zero) is zeros.
 """
@@ -108,7 +109,8 @@ def _random_kv_mask(seed, batch, k_len, empty_row=None):
 
 
 # One compiled program per call shape, instead of op-by-op dispatch.
-linear = jax.jit(attention.get("linear"), static_argnames=("causal", "feature_map", "chunk_size"))
+linear = jax.jit(attention.get("linear"), static_argnames=("causal", "feature_map", "chunk_size",
+                                                         "rows_per_step"))
 
 
 def _close(actual, expected, tol=2e-5):
@@ -181,11 +183,16 @@ def test_relu_row_with_all_zero_weights_is_zero():
   _close(out, linear_reference(q, k, v, feature_map="relu"), tol=1e-4)
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_bfloat16(causal):
+@pytest.mark.parametrize("causal,rows_per_step", [(False, 512), (False, 8), (True, 512)])
+def test_bfloat16(causal, rows_per_step):
   q, k, v = _inputs(seed=13, q_len=33, k_len=33, dtype=jnp.bfloat16)
-  out = linear(q, k, v, causal=causal, chunk_size=8)
+  out = linear(q, k, v, causal=causal, chunk_size=8, rows_per_step=rows_per_step)
   assert out.dtype == jnp.bfloat16 and out.shape == q.shape
+  grads = jax.grad(lambda *a: jnp.sum(attention.get("linear")(
+      *a, causal=causal, chunk_size=8, rows_per_step=rows_per_step).astype(jnp.float32)),
+                   argnums=(0, 1, 2))(q, k, v)
+  assert all(g.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(g, np.float32)))
+             for g in grads)
   # The reference sees exactly the bf16 inputs, in float64; the only extra
   # error allowed is bf16 rounding of the output (and of any bf16 internals).
   expected = linear_reference(*(np.asarray(x.astype(jnp.float32)) for x in (q, k, v)),
@@ -246,12 +253,67 @@ def test_reference_gradient_matches_finite_differences():
 
 
 # ---------------------------------------------------------------------------
+# Non-causal steps (`rows_per_step`), values and gradients.
+
+@pytest.mark.parametrize("q_len,k_len,rows_per_step,kv_heads", [
+    (37, 37, 8, 2),      # 5 balanced steps of 8, the last clamped to overlap
+    (37, 37, 1, 1),      # one row a step, MQA
+    (13, 29, 5, 2),      # Lq < Lk: 3 query steps, 6 key steps
+    (29, 13, 4, 4),      # Lq > Lk
+    (21, 21, 64, 2),     # one step: rows larger than L
+    (24, 24, None, 2),   # None: one step
+])
+def test_rows_per_step_values_and_gradients(q_len, k_len, rows_per_step, kv_heads):
+  q, k, v = _inputs(seed=q_len + 3 * k_len, q_len=q_len, k_len=k_len, kv_heads=kv_heads)
+  kv_mask = _random_kv_mask(5, 2, k_len, empty_row=1)
+  d_out = jnp.asarray(np.random.default_rng(6).standard_normal(q.shape), jnp.float32)
+  fn = lambda q, k, v: attention.get("linear")(q, k, v, kv_mask=kv_mask,
+                                               rows_per_step=rows_per_step)
+  out, vjp = jax.vjp(jax.jit(fn), q, k, v)
+  _close(out, linear_reference(q, k, v, kv_mask=kv_mask))
+  assert np.all(np.asarray(out)[1] == 0)
+  expected = linear_reference_vjp(q, k, v, d_out, kv_mask=kv_mask)
+  for name, g, e in zip("qkv", vjp(d_out), expected):
+    assert np.all(np.asarray(g)[1] == 0), name   # no key: no gradient
+    np.testing.assert_allclose(np.asarray(g, np.float64), e, rtol=1e-4,
+                               atol=1e-4 * np.abs(e).max(), err_msg=f"d{name}")
+
+
+def test_rows_per_step_gradient_under_vmap_equals_loop():
+  q, k, v = _inputs(seed=43, q_len=19, k_len=19)
+  loss = lambda q, k, v: jnp.sum(jnp.sin(attention.get("linear")(
+      q[None], k[None], v[None], rows_per_step=4)))
+  grads = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1, 2))))(q, k, v)
+  for i in range(q.shape[0]):
+    expected = linear_reference_vjp(q[i:i + 1], k[i:i + 1], v[i:i + 1],
+                                    np.cos(linear_reference(q[i:i + 1], k[i:i + 1], v[i:i + 1])))
+    for name, g, e in zip("qkv", grads, expected):
+      np.testing.assert_allclose(np.asarray(g[i:i + 1], np.float64), e, rtol=1e-4,
+                                 atol=1e-4 * np.abs(e).max(), err_msg=f"d{name}[{i}]")
+
+
+def test_rows_per_step_relu_gradient_without_mask():
+  q, k, v = _inputs(seed=41, q_len=26, k_len=19)
+  d_out = jnp.asarray(np.random.default_rng(42).standard_normal(q.shape), jnp.float32)
+  fn = lambda q, k, v: attention.get("linear")(q, k, v, feature_map="relu", rows_per_step=6)
+  out, vjp = jax.vjp(jax.jit(fn), q, k, v)
+  _close(out, linear_reference(q, k, v, feature_map="relu"), tol=1e-4)
+  expected = linear_reference_vjp(q, k, v, d_out, feature_map="relu")
+  for name, g, e in zip("qkv", vjp(d_out), expected):
+    np.testing.assert_allclose(np.asarray(g, np.float64), e, rtol=1e-4,
+                               atol=1e-4 * np.abs(e).max(), err_msg=f"d{name}")
+
+
+# ---------------------------------------------------------------------------
 # Options.
 
 @pytest.mark.parametrize("options,name", [
     (dict(feature_map="tanh"), "feature_map"),
     (dict(chunk_size=0), "chunk_size"),
     (dict(chunk_size=-3), "chunk_size"),
+    (dict(rows_per_step=0), "rows_per_step"),
+    (dict(rows_per_step=-1), "rows_per_step"),
+    (dict(rows_per_step=2.5), "rows_per_step"),
     (dict(window=3), "window"),
 ])
 def test_invalid_options_raise(options, name):

@@ -46,6 +46,7 @@ def test_contract_violations_raise_before_compiling(name, args, kwargs, match):
     ("bigbird", {"num_window_blocks": 2}, "`num_window_blocks` must be odd"),
     ("bigbird", {"num_random_blocks": -1}, "`num_random_blocks` must be an integer >= 0"),
     ("linear", {"feature_map": "tanh"}, r"`feature_map` must be one of \['elu', 'relu'\]"),
+    ("linear", {"rows_per_step": -1}, "`rows_per_step` must be a positive integer"),
     ("performer", {"num_features": 0}, "`num_features` must be a positive integer"),
     ("performer", {"chunk_size": 0}, "`chunk_size` must be a positive integer"),
     ("dense", {"mask": jnp.ones((3, 8, 8), bool)}, "`mask` of shape"),

@@ -109,6 +109,11 @@ def _block_mask(k_valid, causal, qi, kj, bq, bk):
 def _block_logits(q_blk, k_blk, k_valid, slopes, causal, qi, kj, bq, bk):
   """Logits of one [bq, bk] tile, biased and masked (-inf where not allowed)."""
   logits = jnp.einsum("bhgqd,bhkd->bhgqk", q_blk, k_blk, preferred_element_type=jnp.float32)
+  return _bias_and_mask(logits, k_valid, slopes, causal, qi, kj, bq, bk)
+
+
+def _bias_and_mask(logits, k_valid, slopes, causal, qi, kj, bq, bk):
+  """Tile qi, kj's logits plus the ALiBi bias, -inf where not allowed."""
   if slopes is not None:
     q_pos = qi * bq + jnp.arange(bq)
     k_pos = kj * bk + jnp.arange(bk)
@@ -130,15 +135,18 @@ def _forward(q, k, v, k_valid, slopes, causal, bq, bk):
   """Returns out [B, Hkv, G, Lq, D] (float32) and lse [B, Hkv, G, Lq]."""
   b, hkv, g, lq, d = q.shape
   nk = k.shape[2] // bk
+  # Key blocks laid out [D, bk] once, so no tile transposes its keys.
+  k_blocks = k.reshape(b, hkv, nk, bk, d).swapaxes(3, 4)
 
   def query_block(qi):
     q_blk = jax.lax.dynamic_slice_in_dim(q, qi * bq, bq, axis=3)
 
     def key_block(kj, carry):
       m, l, acc = carry
-      k_blk = jax.lax.dynamic_slice_in_dim(k, kj * bk, bk, axis=2)
+      k_blk = jax.lax.dynamic_index_in_dim(k_blocks, kj, axis=2, keepdims=False)
       v_blk = jax.lax.dynamic_slice_in_dim(v, kj * bk, bk, axis=2)
-      logits = _block_logits(q_blk, k_blk, k_valid, slopes, causal, qi, kj, bq, bk)
+      logits = jnp.einsum("bhgqd,bhdk->bhgqk", q_blk, k_blk, preferred_element_type=jnp.float32)
+      logits = _bias_and_mask(logits, k_valid, slopes, causal, qi, kj, bq, bk)
       m_new = jnp.maximum(m, logits.max(-1))
       safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
       p = jnp.exp(logits - safe[..., None])
