@@ -4,10 +4,14 @@ For each variant and length this measures the forward and the
 forward+backward time (median over at least --repeats calls and at least
 --min_timing_seconds of calls, after one warm-up call; compile time reported
 apart) and the temporary memory of the compiled executable
-(XLA's `memory_analysis().temp_size_in_bytes`). The same run times
-`jax.nn.dot_product_attention` as the baseline and a square matrix multiply as
-the GFLOP/s ceiling of this machine (sampled before each variant, the
-median reported), so every number has a reference measured beside it. It
+(XLA's `memory_analysis().temp_size_in_bytes`). A variant's lengths are timed
+in --rounds interleaved rounds, each point getting its share of the calls in
+every round, so that a slow spell of a shared machine falls on all of a
+variant's lengths alike instead of on one, which would skew the ratios and
+slopes between them. The same run times `jax.nn.dot_product_attention` as the
+baseline and a square matrix multiply as the GFLOP/s ceiling of this machine
+(sampled before each round of each variant, the median reported), so every
+number has a reference measured beside it. It
 prints Markdown tables (per point, then each variant's fitted log-log slope)
 and, with --out_dir, writes benchmark.md, benchmark.csv and benchmark.png
 (fwd+bwd time and temp memory against L, log-log, each variant's slope in
@@ -69,6 +73,10 @@ flags.DEFINE_float("min_timing_seconds", 0.3,
                    "Keep timing a point past --repeats calls until this much time is spent (at "
                    f"most {MAX_CALLS} calls), so a point of a few ms gets a stable median on a "
                    "noisy machine.")
+flags.DEFINE_integer("rounds", 3,
+                     "Time each variant's lengths in this many interleaved rounds (every point "
+                     "gets 1/rounds of --repeats and --min_timing_seconds in each); the median "
+                     "is over all rounds' calls.")
 flags.DEFINE_multi_string("option", [],
                           "variant.option=value, repeatable, e.g. --option=local.window=512; "
                           "the value is a Python literal (a bare word is a string). "
@@ -108,6 +116,7 @@ class Settings:
   causal: bool = False
   repeats: int = 3
   min_timing_seconds: float = 0.0
+  rounds: int = 1
   options: dict = dataclasses.field(default_factory=dict)  # variant -> benchmark options
   max_seconds: float = 30.0
   matmul_size: int = 2048
@@ -194,7 +203,7 @@ def settings_from_flags(f) -> Settings:
   try:
     variants, baseline = parse_variants(f.variants, f.baseline)
     kv_heads = f.heads if f.kv_heads is None else f.kv_heads
-    for name in ("batch", "heads", "head_dim", "repeats", "matmul_size"):
+    for name in ("batch", "heads", "head_dim", "repeats", "rounds", "matmul_size"):
       if getattr(f, name) < 1:
         raise ValueError(f"--{name} must be >= 1, got {getattr(f, name)}")
     if f.min_timing_seconds < 0:
@@ -206,7 +215,7 @@ def settings_from_flags(f) -> Settings:
         variants=variants, lengths=parse_lengths(f.lengths), memory_budget_bytes=budget,
         baseline=baseline, batch=f.batch, heads=f.heads, kv_heads=kv_heads, head_dim=f.head_dim,
         dtype=f.dtype, causal=f.causal, repeats=f.repeats, min_timing_seconds=f.min_timing_seconds,
-        options=benchmark_options(variants, parse_options(f.option)),
+        rounds=f.rounds, options=benchmark_options(variants, parse_options(f.option)),
         max_seconds=f.max_seconds, matmul_size=f.matmul_size)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
@@ -320,26 +329,33 @@ def compile_timed(fn, specs):
   return executable, seconds, memory.temp_size_in_bytes, total
 
 
+def call_seconds(executable, args, calls, min_seconds=0.0, max_calls=MAX_CALLS) -> list:
+  """Wall times of at least `calls` calls and, up to max_calls, of calls until
+  they add up to `min_seconds`."""
+  times = []
+  while len(times) < calls or (sum(times) < min_seconds and len(times) < max_calls):
+    start = time.perf_counter()
+    jax.block_until_ready(executable(*args))
+    times.append(time.perf_counter() - start)
+  return times
+
+
 def median_seconds(executable, args, repeats, min_seconds=0.0) -> float:
   """Median wall time after one warm-up call, over at least `repeats` calls
   and, up to MAX_CALLS, until the calls add up to `min_seconds`."""
   jax.block_until_ready(executable(*args))
-  times = []
-  while len(times) < repeats or (sum(times) < min_seconds and len(times) < MAX_CALLS):
-    start = time.perf_counter()
-    jax.block_until_ready(executable(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return statistics.median(call_seconds(executable, args, repeats, min_seconds))
 
 
-def measure_point(name, s: Settings, length, skip_reason=None) -> Point:
-  """Compiles fwd and fwd+bwd at `length`; times those that fit the budget."""
+def compile_point(name, s: Settings, length):
+  """Compiles fwd and fwd+bwd at `length`: the Point with their compile times
+  and memory, and {mode key: (executable, inputs)} of the modes within budget."""
   point = Point(name, length, dense_equivalent_flops(
       s.batch, s.heads, length, length, s.head_dim, s.causal))
   forward = attention_fn(name, s)
   specs = input_specs(s, length)
   modes = {"fwd": (forward, specs[:3]), "fwd+bwd": (forward_backward(forward), specs)}
-  too_big, inputs = {}, None
+  too_big, inputs, runs = {}, None, {}
   for mode, (fn, mode_specs) in modes.items():
     key = mode.replace("+", "_")
     try:
@@ -354,16 +370,13 @@ def measure_point(name, s: Settings, length, skip_reason=None) -> Point:
       continue
     setattr(point, f"compile_{key}_s", seconds)
     setattr(point, f"temp_{key}_bytes", temp)
-    if skip_reason:
-      continue
     if total is not None and total > s.memory_budget_bytes:
       too_big[mode] = total
       continue
     inputs = inputs or random_inputs(specs)
-    setattr(point, f"{key}_s", median_seconds(executable, inputs[:len(mode_specs)], s.repeats,
-                                              s.min_timing_seconds))
-  point.note = skip_reason or memory_note(too_big, s.memory_budget_bytes, len(modes))
-  return point
+    runs[key] = (executable, inputs[:len(mode_specs)])
+  point.note = memory_note(too_big, s.memory_budget_bytes, len(modes))
+  return point, runs
 
 
 def memory_note(too_big, budget, num_modes) -> str:
@@ -376,19 +389,42 @@ def memory_note(too_big, budget, num_modes) -> str:
   return "; ".join(f"{mode} {note}" for mode, note in zip(too_big, notes))
 
 
-def measure_variant(name, s: Settings) -> list:
-  """Every length of one variant, skipping the rest once one is slower than max_seconds."""
-  points, too_slow = [], False
-  for length in s.lengths:
-    skip = "skipped: slower than --max_seconds at smaller L" if too_slow else None
-    point = measure_point(name, s, length, skip)
-    logging.info("%s L=%d: fwd %s ms, fwd+bwd %s ms, temp %s / %s MiB %s", name, length,
+def measure_variant(name, s: Settings, sample_ceiling) -> tuple:
+  """Every length of one variant, timed in s.rounds interleaved rounds.
+
+  Returns (points, ceiling samples): sample_ceiling() is called before each
+  round. Once a point is slower than max_seconds in the first round, the
+  longer lengths are compiled (for their memory) but not timed.
+  """
+  compiled = [compile_point(name, s, length) for length in s.lengths]
+  times = [{key: [] for key in runs} for _, runs in compiled]
+  calls, seconds = -(-s.repeats // s.rounds), s.min_timing_seconds / s.rounds
+  timed, samples = len(compiled), []  # the first `timed` lengths are timed
+  for round_index in range(s.rounds):
+    samples.append(sample_ceiling())
+    for i, ((_, runs), point_times) in enumerate(zip(compiled[:timed], times)):
+      for key, (executable, args) in runs.items():
+        if round_index == 0:
+          jax.block_until_ready(executable(*args))  # warm-up
+        point_times[key] += call_seconds(executable, args, calls, seconds,
+                                         max(1, MAX_CALLS // s.rounds))
+      slowest = max((statistics.median(t) for t in point_times.values()), default=0.0)
+      if round_index == 0 and slowest > s.max_seconds:
+        timed = i + 1
+        break
+  points = []
+  for i, ((point, _), point_times) in enumerate(zip(compiled, times)):
+    if i >= timed:
+      point.note = "skipped: slower than --max_seconds at smaller L"
+    for key, t in point_times.items():
+      if t:
+        setattr(point, f"{key}_s", statistics.median(t))
+    logging.info("%s L=%d: fwd %s ms, fwd+bwd %s ms, temp %s / %s MiB %s", name, point.length,
                  *(format_number(t and t * 1e3) for t in (point.fwd_s, point.fwd_bwd_s)),
                  *(format_number(b and b / MIB) for b in (point.temp_fwd_bytes,
                                                           point.temp_fwd_bwd_bytes)), point.note)
-    too_slow = too_slow or max(point.fwd_s or 0, point.fwd_bwd_s or 0) > s.max_seconds
     points.append(point)
-  return points
+  return points, samples
 
 
 def matmul_gflops(n, dtype, repeats, min_seconds=0.0) -> float:
@@ -503,9 +539,10 @@ def header_lines(s: Settings, ceiling_samples, ceiling_gflops) -> list:
       f"jax {jax.__version__}; {datetime.datetime.now().isoformat(timespec='seconds')}",
       f"shape: B={s.batch} H={s.heads} Hkv={s.kv_heads} D={s.head_dim} {s.dtype}, "
       f"causal={s.causal}; times: median of at least {s.repeats} calls and "
-      f"{s.min_timing_seconds:g} s of calls, after a warm-up",
+      f"{s.min_timing_seconds:g} s of calls, after a warm-up, in {s.rounds} interleaved "
+      f"round{'s' if s.rounds > 1 else ''} over the lengths",
       f"matmul ceiling: {ceiling_gflops:.1f} GFLOP/s ({s.dtype} "
-      f"{s.matmul_size}^3; median of {len(ceiling_samples)} samples, one before each variant: "
+      f"{s.matmul_size}^3; median of {len(ceiling_samples)} samples, one before each round of each variant: "
       f"{min(ceiling_samples):.0f} to {max(ceiling_samples):.0f})",
       f"memory budget: {s.memory_budget_bytes / GIB:.3g} GiB; max seconds: {s.max_seconds}",
       f"host malloc: {s.malloc}",
@@ -589,13 +626,19 @@ def write_outputs(report: Report, out_dir):
 
 def run(s: Settings) -> Report:
   check_variants_trace(s)
+
   # A shared machine's speed drifts over a long run, so the ceiling is
-  # sampled before each variant rather than once at the start.
+  # sampled before each round of each variant rather than once at the start.
+  def sample_ceiling():
+    gflops = matmul_gflops(s.matmul_size, s.dtype, s.repeats, s.min_timing_seconds)
+    logging.info("matmul ceiling sample: %.1f GFLOP/s", gflops)
+    return gflops
+
   samples, points = [], []
   for name in s.names:
-    samples.append(matmul_gflops(s.matmul_size, s.dtype, s.repeats, s.min_timing_seconds))
-    logging.info("matmul ceiling sample: %.1f GFLOP/s", samples[-1])
-    points += measure_variant(name, s)
+    variant_points, variant_samples = measure_variant(name, s, sample_ceiling)
+    points += variant_points
+    samples += variant_samples
   ceiling = float(np.median(samples))
   return Report(s, ceiling, header_lines(s, samples, ceiling), points)
 

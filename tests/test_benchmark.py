@@ -18,7 +18,8 @@ import pytest
 from attention_research import attention
 from experiments import benchmark_attention as bench
 
-TINY = ["--heads=2", "--head_dim=8", "--repeats=1", "--min_timing_seconds=0", "--matmul_size=128"]
+TINY = ["--heads=2", "--head_dim=8", "--repeats=1", "--min_timing_seconds=0", "--matmul_size=128",
+        "--rounds=1"]
 
 
 def run_binary(capsys, *args):
@@ -103,6 +104,7 @@ def test_option_for_a_variant_not_benchmarked_is_an_error():
     (["--variants=dense", "--option=local.window=8"], "not in --variants"),
     (["--variants=dense,baseline", "--nobaseline"], "--nobaseline"),
     (["--min_timing_seconds=-1"], "--min_timing_seconds must be >= 0"),
+    (["--rounds=0"], "--rounds must be >= 1, got 0"),
 ])
 def test_bad_flags_are_usage_errors(args, match):
   with flagsaver.flagsaver():
@@ -137,6 +139,28 @@ def test_median_seconds_times_short_calls_until_min_seconds(monkeypatch):
   fake = FakeExecutable([0.0], monkeypatch)
   bench.median_seconds(fake, (), repeats=1, min_seconds=1.0)
   assert fake.calls == 1 + bench.MAX_CALLS
+
+
+def test_rounds_interleave_the_lengths_and_report_the_median_of_all_calls(
+    tmp_path, capsys, monkeypatch):
+  order, seconds = [], iter(range(1, 100))
+  def fake_call_seconds(executable, args, calls, min_seconds, max_calls):
+    del executable, min_seconds, max_calls
+    order.append((args[0].shape[1], "fwd" if len(args) == 3 else "fwd+bwd"))
+    return [float(next(seconds)) for _ in range(calls)]
+  monkeypatch.setattr(bench, "call_seconds", fake_call_seconds)
+  samples = iter([300.0, 100.0, 200.0])
+  monkeypatch.setattr(bench, "matmul_gflops", lambda *args: next(samples))
+  run_binary(capsys, "--variants=dense", "--nobaseline", "--lengths=64,128", "--rounds=3",
+             "--repeats=5", f"--out_dir={tmp_path}")
+  one_round = [(64, "fwd"), (64, "fwd+bwd"), (128, "fwd"), (128, "fwd+bwd")]
+  assert order == one_round * 3
+  # 2 calls a round (ceil(5 / 3)); L=64's fwd got seconds 1, 2, then 9, 10, then 17, 18.
+  first, second = read_csv(tmp_path / "benchmark.csv")
+  assert float(first["fwd_ms"]) == 1e3 * np.median([1, 2, 9, 10, 17, 18])
+  assert float(second["fwd_bwd_ms"]) == 1e3 * np.median([7, 8, 15, 16, 23, 24])
+  assert "200.0 GFLOP/s (float32 128^3; median of 3 samples, one before each round of each " \
+      "variant: 100 to 300)" in (tmp_path / "benchmark.md").read_text()
 
 
 def test_markdown_table_layout():
@@ -181,7 +205,7 @@ def test_end_to_end_tiny_run(tmp_path, capsys):
   assert "- host malloc: default\n" in markdown
 
 
-def test_ceiling_is_the_median_of_one_sample_per_variant(tmp_path, capsys, monkeypatch):
+def test_ceiling_is_the_median_of_one_sample_per_variant_round(tmp_path, capsys, monkeypatch):
   samples = iter([300.0, 100.0, 200.0])
   monkeypatch.setattr(bench, "matmul_gflops", lambda *args: next(samples))
   run_binary(capsys, "--variants=dense,local", "--lengths=64", f"--out_dir={tmp_path}")
@@ -190,8 +214,8 @@ def test_ceiling_is_the_median_of_one_sample_per_variant(tmp_path, capsys, monke
   for r in rows:
     assert float(r["pct_matmul_ceiling"]) == pytest.approx(
         float(r["gflops_fwd_dense_equivalent"]) / 2.0)
-  assert "200.0 GFLOP/s (float32 128^3; median of 3 samples, one before each variant: 100 to 300)" \
-      in (tmp_path / "benchmark.md").read_text()
+  assert "200.0 GFLOP/s (float32 128^3; median of 3 samples, one before each round of each " \
+      "variant: 100 to 300)" in (tmp_path / "benchmark.md").read_text()
 
 
 def test_point_over_memory_budget_is_compiled_but_not_run(tmp_path, capsys):
@@ -207,9 +231,10 @@ def test_point_over_memory_budget_is_compiled_but_not_run(tmp_path, capsys):
   assert "skipped: needs" in out
 
 
-def test_lengths_past_max_seconds_are_skipped(tmp_path, capsys):
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_lengths_past_max_seconds_are_skipped(tmp_path, capsys, rounds):
   run_binary(capsys, "--variants=dense", "--nobaseline", "--lengths=64,128", "--max_seconds=0",
-             f"--out_dir={tmp_path}")
+             f"--rounds={rounds}", f"--out_dir={tmp_path}")
   first, second = read_csv(tmp_path / "benchmark.csv")
   assert float(first["fwd_bwd_ms"]) > 0 and first["note"] == ""
   assert second["fwd_bwd_ms"] == ""

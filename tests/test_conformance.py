@@ -16,7 +16,8 @@ from tests import reference
 
 # Small-shape options per variant; a new variant runs with its defaults.
 SMALL_OPTIONS = {
-    "blockwise": dict(block_q=8, block_k=16),
+    # Backward blocks unlike the forward's: each pass pads for its own.
+    "blockwise": dict(block_q=8, block_k=16, bwd_block_q=16, bwd_block_k=8),
     "local": dict(window=5, block_size=8, rows_per_step=16),  # 2 blocks a step
     "strided": dict(stride=4),
     "bigbird": dict(block_size=4, num_window_blocks=3, num_global_blocks=1,
@@ -167,8 +168,9 @@ def test_registry_lists_every_family_and_rejects_unknown_names():
 
 
 def check_option_path(case, name, mask_fn, **options):
-  """`name` with `options` (a non-default code path) against the float64 reference."""
-  batch, q_len, k_len, heads, kv_heads, causal, kind = CASES[case]
+  """`name` with `options` (a non-default code path) against the float64
+  reference; `case` is a CASES name or a tuple laid out like CASES' values."""
+  batch, q_len, k_len, heads, kv_heads, causal, kind = CASES.get(case, case)
   q, k, v, kv_mask = make_inputs(batch, q_len, k_len, heads, kv_heads, kind)
   mask = reference.full_mask(batch, heads, q_len, k_len, mask_fn(q_len, k_len, causal), kv_mask)
   d_out = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
@@ -183,7 +185,18 @@ def check_option_path(case, name, mask_fn, **options):
 def test_blockwise_with_all_heads_per_step_equals_float64_softmax(case):
   """The vectorised-heads path (the default off CPU) against the reference."""
   causal_only = lambda q_len, k_len, causal: np.tril(np.ones((q_len, k_len), bool)) if causal else None
-  check_option_path(case, "blockwise", causal_only, block_q=8, block_k=16, sequential_heads=False)
+  check_option_path(case, "blockwise", causal_only, block_q=8, block_k=16, bwd_block_q=4,
+                    bwd_block_k=16, sequential_heads=False)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("sequential_heads", [True, False])
+def test_blockwise_defaults_past_one_block_equal_float64_softmax(sequential_heads, causal):
+  """Default block sizes (forward block_q 2048, 1024 or 512; backward 512 x
+  512) at a length that takes several blocks, the last of them not full."""
+  causal_only = lambda q_len, k_len, causal: np.tril(np.ones((q_len, k_len), bool)) if causal else None
+  check_option_path((1, 1100, 1100, 2, 1, causal, "random"), "blockwise", causal_only,
+                    sequential_heads=sequential_heads)
 
 
 @pytest.mark.parametrize("case", ["causal_gqa_odd", "kvmask_mqa", "cross_kvmask", "cross_causal"])

@@ -202,6 +202,7 @@ def test_memory_measure_sees_a_quadratic_variant():
     ("linear", True, {}),
     ("performer", False, dict(num_features=64)),
     ("blockwise", True, dict(block_q=128, block_k=128)),
+    ("blockwise", False, {}),  # the default blocks, 2048 x 512 forward on CPU
 ])
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
 def test_memory_is_not_quadratic(name, causal, options, backward):

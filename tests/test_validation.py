@@ -38,6 +38,8 @@ def test_contract_violations_raise_before_compiling(name, args, kwargs, match):
     ("blockwise", {"block_q": 0}, "`block_q` must be a positive integer"),
     ("blockwise", {"block_k": -4}, "`block_k` must be a positive integer"),
     ("blockwise", {"block_k": 2.5}, "`block_k` must be a positive integer"),
+    ("blockwise", {"bwd_block_q": 0}, "`bwd_block_q` must be a positive integer"),
+    ("blockwise", {"bwd_block_k": 1.0}, "`bwd_block_k` must be a positive integer"),
     ("local", {"window": -1}, "`window` must be an integer >= 0"),
     ("local", {"block_size": 0}, "`block_size` must be a positive integer"),
     ("local", {"rows_per_step": 0}, "`rows_per_step` must be a positive integer"),

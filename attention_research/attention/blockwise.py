@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from attention_research.attention import common
 
 
-def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=512, block_k=512,
-              sequential_heads=None, alibi_slopes=None):
+def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=None, block_k=512,
+              bwd_block_q=512, bwd_block_k=512, sequential_heads=None, alibi_slopes=None):
   """Exact softmax attention computed block by block.
 
   Args:
@@ -28,11 +28,20 @@ def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=512, blo
     key, value: [B, Lk, Hkv, D], H % Hkv == 0.
     causal: query i sees key j only if j <= i (top-left aligned).
     kv_mask: bool [B, Lk], True where the key is a real token.
-    block_q, block_k: block sizes (clipped to the lengths).
+    block_q, block_k: the forward pass's block sizes (clipped to the
+      lengths). block_q None: when heads run one at a time (the CPU default),
+      2048, or 1024 under `causal`, whose diagonal tiles are partly wasted
+      work that grows with the block (at 4096 on CPU these are about 10%
+      faster than 512; README, benchmark section); 512 when all heads share
+      a step, whose tile is heads times larger.
+    bwd_block_q, bwd_block_k: the backward pass's block sizes. It keeps four
+      [bwd_block_q, bwd_block_k] tiles live a step (logits, P, dP, dS); with
+      2048 x 512 blocks in both passes a 4096 fwd+bwd on CPU was about 20%
+      slower than with 512 x 512.
     sequential_heads: process one query head at a time (a loop over heads)
       instead of all heads in each block step. None: True on CPU, where a
-      512 x 512 float32 block (1 MiB) then stays in L2 and runs about 1.5x
-      faster; False elsewhere, where the heads are parallel work.
+      block's tiles then stay in L2 and run about 1.5x faster; False
+      elsewhere, where the heads are parallel work.
     alibi_slopes: None (no bias) or float [H], one slope per query head: the
       logit of query i, key j in head h gets -alibi_slopes[h] * |i - j|
       (ALiBi), positions top-left aligned (i in [0, Lq), j in [0, Lk)). Under
@@ -44,13 +53,14 @@ def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=512, blo
     [B, Lq, H, D] in query's dtype; rows with no allowed key are zero.
   """
   return attention_with_lse(query, key, value, causal=causal, kv_mask=kv_mask,
-                            block_q=block_q, block_k=block_k, sequential_heads=sequential_heads,
+                            block_q=block_q, block_k=block_k, bwd_block_q=bwd_block_q,
+                            bwd_block_k=bwd_block_k, sequential_heads=sequential_heads,
                             alibi_slopes=alibi_slopes, variant="blockwise")[0]
 
 
-def attention_with_lse(query, key, value, *, causal=False, kv_mask=None, block_q=512,
-                       block_k=512, sequential_heads=None, alibi_slopes=None, variant="blockwise",
-                       out_dtype=None):
+def attention_with_lse(query, key, value, *, causal=False, kv_mask=None, block_q=None,
+                       block_k=512, bwd_block_q=512, bwd_block_k=512, sequential_heads=None,
+                       alibi_slopes=None, variant="blockwise", out_dtype=None):
   """`blockwise`, also returning the log-sum-exp of each row's logits.
 
   Returns (out [B, Lq, H, D], lse [B, Lq, H] float32, -inf for a row with no
@@ -62,35 +72,43 @@ def attention_with_lse(query, key, value, *, causal=False, kv_mask=None, block_q
   """
   s = common.check_inputs(variant, query, key, value, kv_mask)
   slopes = common.check_alibi_slopes(variant, alibi_slopes, s.heads)
-  bq = min(common.positive_int(variant, "block_q", block_q), s.q_len)
-  bk = min(common.positive_int(variant, "block_k", block_k), s.k_len)
-  lq_pad, lk_pad = common.round_up(s.q_len, bq), common.round_up(s.k_len, bk)
   if sequential_heads is None:
     sequential_heads = jax.default_backend() == "cpu"
   elif not isinstance(sequential_heads, bool):
     raise ValueError(f"{variant}: `sequential_heads` must be None, True or False, "
                      f"got {sequential_heads!r}")
+  if block_q is None:
+    block_q = (1024 if causal else 2048) if sequential_heads else 512
+  fwd_blocks = (min(common.positive_int(variant, "block_q", block_q), s.q_len),
+                min(common.positive_int(variant, "block_k", block_k), s.k_len))
+  bwd_blocks = (min(common.positive_int(variant, "bwd_block_q", bwd_block_q), s.q_len),
+                min(common.positive_int(variant, "bwd_block_k", bwd_block_k), s.k_len))
 
   # [B, Hkv, G, L, D]: one key/value head serves G query heads in one matmul.
   q = query * jnp.asarray(common.default_scale(s.head_dim), query.dtype)
   q = q.reshape(s.batch, s.q_len, s.kv_heads, s.groups, s.head_dim).transpose(0, 2, 3, 1, 4)
-  q = common.pad_axis(q, 3, lq_pad)
-  k = common.pad_axis(key.transpose(0, 2, 1, 3), 2, lk_pad)
-  v = common.pad_axis(value.transpose(0, 2, 1, 3), 2, lk_pad)
-  if kv_mask is None and lk_pad == s.k_len:
-    k_valid = None  # every key is real: skip the mask work entirely
-  else:
-    k_valid = jnp.ones((s.batch, s.k_len), bool) if kv_mask is None else kv_mask
-    k_valid = common.pad_axis(k_valid, 1, lk_pad, value=False)
+  k, v = key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3)
   if slopes is not None:  # laid out like q's leading axes, so _per_head can pick them too
     slopes = jnp.broadcast_to(slopes.reshape(1, s.kv_heads, s.groups),
                               (s.batch, s.kv_heads, s.groups))
 
-  out, lse = _flash(q, k, v, k_valid, slopes, causal, bq, bk, sequential_heads)
-  out = out[:, :, :, :s.q_len].transpose(0, 3, 1, 2, 4)
+  out, lse = _flash(q, k, v, kv_mask, slopes, causal, fwd_blocks, bwd_blocks, sequential_heads)
+  out = out.transpose(0, 3, 1, 2, 4)
   out = out.reshape(s.batch, s.q_len, s.heads, s.head_dim).astype(out_dtype or query.dtype)
-  lse = lse[:, :, :, :s.q_len].transpose(0, 3, 1, 2).reshape(s.batch, s.q_len, s.heads)
+  lse = lse.transpose(0, 3, 1, 2).reshape(s.batch, s.q_len, s.heads)
   return out, jnp.where(jnp.isfinite(lse), lse, -jnp.inf)
+
+
+def _padded_keys(k, v, kv_mask, bk):
+  """k, v padded to a multiple of bk keys, and the padded key mask: None
+  when every key is real, so the passes skip the mask work entirely."""
+  k_len = k.shape[2]
+  lk_pad = common.round_up(k_len, bk)
+  if kv_mask is None and lk_pad == k_len:
+    return k, v, None
+  k_valid = jnp.ones((k.shape[0], k_len), bool) if kv_mask is None else kv_mask
+  return (common.pad_axis(k, 2, lk_pad), common.pad_axis(v, 2, lk_pad),
+          common.pad_axis(k_valid, 1, lk_pad, value=False))
 
 
 def _block_mask(k_valid, causal, qi, kj, bq, bk):
@@ -193,32 +211,50 @@ def _per_head(fn, q, k, v, k_valid, slopes, *q_like):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _flash(q, k, v, k_valid, slopes, causal, bq, bk, per_head):
-  return _flash_fwd(q, k, v, k_valid, slopes, causal, bq, bk, per_head)[0]
+def _flash(q, k, v, kv_mask, slopes, causal, fwd_blocks, bwd_blocks, per_head):
+  return _flash_fwd(q, k, v, kv_mask, slopes, causal, fwd_blocks, bwd_blocks, per_head)[0]
 
 
-def _flash_fwd(q, k, v, k_valid, slopes, causal, bq, bk, per_head):
+# Each pass pads the unpadded inputs to its own block sizes, so the forward
+# and backward block sizes need not divide each other.
+def _flash_fwd(q, k, v, kv_mask, slopes, causal, fwd_blocks, bwd_blocks, per_head):
+  del bwd_blocks
+  bq, bk = fwd_blocks
+  lq = q.shape[3]
+  q_pad = common.pad_axis(q, 3, common.round_up(lq, bq))
+  k_pad, v_pad, k_valid = _padded_keys(k, v, kv_mask, bk)
   forward = lambda *a: _forward(*a, causal, bq, bk)
   if per_head:
-    out, lse = _per_head(forward, q, k, v, k_valid, slopes)
-    out, lse = out.reshape(q.shape), lse.reshape(q.shape[:-1])
+    out, lse = _per_head(forward, q_pad, k_pad, v_pad, k_valid, slopes)
+    out, lse = out.reshape(q_pad.shape), lse.reshape(q_pad.shape[:-1])
   else:
-    out, lse = forward(q, k, v, k_valid, slopes)
+    out, lse = forward(q_pad, k_pad, v_pad, k_valid, slopes)
+  out, lse = out[:, :, :, :lq], lse[:, :, :, :lq]
   # float32 out: the caller rounds once (strided merges it with its band first).
-  return (out, lse), (q, k, v, k_valid, slopes, out, lse)
+  return (out, lse), (q, k, v, kv_mask, slopes, out, lse)
 
 
-def _flash_bwd(causal, bq, bk, per_head, residuals, cotangents):
-  q, k, v, k_valid, slopes, out, lse = residuals
+def _flash_bwd(causal, fwd_blocks, bwd_blocks, per_head, residuals, cotangents):
+  del fwd_blocks
+  q, k, v, kv_mask, slopes, out, lse = residuals
   d_out, d_lse = cotangents
+  bq, bk = bwd_blocks
+  lq, lk = q.shape[3], k.shape[2]
+  # Padded query rows get lse = +inf (so P = 0) and zero d_out: they add nothing.
+  lq_pad = common.round_up(lq, bq)
+  q_pad, out, d_out, d_lse = (common.pad_axis(x, 3, lq_pad) for x in (q, out, d_out, d_lse))
+  lse = common.pad_axis(lse, 3, lq_pad, value=jnp.inf)
+  k_pad, v_pad, k_valid = _padded_keys(k, v, kv_mask, bk)
   backward = lambda *a: _backward(*a, causal, bq, bk)
   if per_head:
-    dq, dk, dv = _per_head(backward, q, k, v, k_valid, slopes, out, lse, d_out, d_lse)
+    dq, dk, dv = _per_head(backward, q_pad, k_pad, v_pad, k_valid, slopes, out, lse, d_out,
+                           d_lse)
     b, hkv, g = q.shape[:3]
-    dq = dq.reshape(q.shape)
-    dk, dv = (x.reshape(b, hkv, g, *k.shape[2:]).sum(2) for x in (dk, dv))  # GQA: sum the group
+    dq = dq.reshape(q_pad.shape)
+    dk, dv = (x.reshape(b, hkv, g, *k_pad.shape[2:]).sum(2) for x in (dk, dv))  # GQA: sum the group
   else:
-    dq, dk, dv = backward(q, k, v, k_valid, slopes, out, lse, d_out, d_lse)
+    dq, dk, dv = backward(q_pad, k_pad, v_pad, k_valid, slopes, out, lse, d_out, d_lse)
+  dq, dk, dv = dq[:, :, :, :lq], dk[:, :, :lk], dv[:, :, :lk]
   # The slopes are a stop_gradient constant (see attention_with_lse): zero cotangent.
   d_slopes = None if slopes is None else jnp.zeros_like(slopes)
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, d_slopes
