@@ -6,7 +6,7 @@ forward+backward time (median over at least --repeats calls and at least
 apart) and the temporary memory of the compiled executable
 (XLA's `memory_analysis().temp_size_in_bytes`). A variant's lengths are timed
 in --rounds interleaved rounds, each point getting its share of the calls in
-every round, so that a slow spell of a shared machine falls on all of a
+every round and the median of its round medians reported, so that a slow spell of a shared machine falls on all of a
 variant's lengths alike instead of on one, which would skew the ratios and
 slopes between them. The same run times `jax.nn.dot_product_attention` as the
 baseline and a square matrix multiply as the GFLOP/s ceiling of this machine
@@ -22,8 +22,10 @@ the legend).
         --lengths=1024,2048,4096,8192,16384 --out_dir=/tmp/bench
 
 It tests DESIGN.md's first claim: a slope near 2 is O(L^2), near 1 is O(L).
-Each point is compiled before anything is allocated; one whose compiled
-memory (temp + arguments + outputs) exceeds --memory_budget_gb is not run,
+Each point is compiled before its inputs are allocated; one whose compiled
+memory (temp + arguments + outputs) exceeds --memory_budget_gb is not run
+(the inputs of the variant's shorter lengths, allocated beside it while the
+rounds interleave them, count against the budget too),
 and once one of a variant's points is slower than --max_seconds its longer
 lengths are not run either. The table's note says which and why.
 """
@@ -75,8 +77,8 @@ flags.DEFINE_float("min_timing_seconds", 0.3,
                    "noisy machine.")
 flags.DEFINE_integer("rounds", 3,
                      "Time each variant's lengths in this many interleaved rounds (every point "
-                     "gets 1/rounds of --repeats and --min_timing_seconds in each); the median "
-                     "is over all rounds' calls.")
+                     "gets 1/rounds of --repeats and --min_timing_seconds in each); a point's "
+                     "time is the median of its rounds' medians.")
 flags.DEFINE_multi_string("option", [],
                           "variant.option=value, repeatable, e.g. --option=local.window=512; "
                           "the value is a Python literal (a bare word is a string). "
@@ -347,9 +349,10 @@ def median_seconds(executable, args, repeats, min_seconds=0.0) -> float:
   return statistics.median(call_seconds(executable, args, repeats, min_seconds))
 
 
-def compile_point(name, s: Settings, length):
+def compile_point(name, s: Settings, length, held_bytes=0):
   """Compiles fwd and fwd+bwd at `length`: the Point with their compile times
-  and memory, and {mode key: (executable, inputs)} of the modes within budget."""
+  and memory, and {mode key: (executable, inputs)} of the modes within budget,
+  the budget less `held_bytes` already allocated to other points' inputs."""
   point = Point(name, length, dense_equivalent_flops(
       s.batch, s.heads, length, length, s.head_dim, s.causal))
   forward = attention_fn(name, s)
@@ -370,8 +373,8 @@ def compile_point(name, s: Settings, length):
       continue
     setattr(point, f"compile_{key}_s", seconds)
     setattr(point, f"temp_{key}_bytes", temp)
-    if total is not None and total > s.memory_budget_bytes:
-      too_big[mode] = total
+    if total is not None and total + held_bytes > s.memory_budget_bytes:
+      too_big[mode] = total + held_bytes
       continue
     inputs = inputs or random_inputs(specs)
     runs[key] = (executable, inputs[:len(mode_specs)])
@@ -392,12 +395,19 @@ def memory_note(too_big, budget, num_modes) -> str:
 def measure_variant(name, s: Settings, sample_ceiling) -> tuple:
   """Every length of one variant, timed in s.rounds interleaved rounds.
 
-  Returns (points, ceiling samples): sample_ceiling() is called before each
-  round. Once a point is slower than max_seconds in the first round, the
+  A point's time is the median of its rounds' medians: pooling the calls
+  instead would let a fast round, which fits more calls into its share of
+  --min_timing_seconds, outvote a slow one on short points only. Returns
+  (points, ceiling samples): sample_ceiling() is called before each round.
+  Once a point is slower than max_seconds in the first round, the
   longer lengths are compiled (for their memory) but not timed.
   """
-  compiled = [compile_point(name, s, length) for length in s.lengths]
-  times = [{key: [] for key in runs} for _, runs in compiled]
+  compiled, held = [], 0
+  for length in s.lengths:  # each point's inputs stay allocated while the rounds run
+    compiled.append(compile_point(name, s, length, held))
+    inputs = [args for _, args in compiled[-1][1].values()]  # fwd's are a prefix of fwd+bwd's
+    held += sum(x.nbytes for x in max(inputs, key=len, default=()))
+  times = [{key: [] for key in runs} for _, runs in compiled]  # per-round medians
   calls, seconds = -(-s.repeats // s.rounds), s.min_timing_seconds / s.rounds
   timed, samples = len(compiled), []  # the first `timed` lengths are timed
   for round_index in range(s.rounds):
@@ -406,9 +416,9 @@ def measure_variant(name, s: Settings, sample_ceiling) -> tuple:
       for key, (executable, args) in runs.items():
         if round_index == 0:
           jax.block_until_ready(executable(*args))  # warm-up
-        point_times[key] += call_seconds(executable, args, calls, seconds,
-                                         max(1, MAX_CALLS // s.rounds))
-      slowest = max((statistics.median(t) for t in point_times.values()), default=0.0)
+        point_times[key].append(statistics.median(call_seconds(
+            executable, args, calls, seconds, max(1, MAX_CALLS // s.rounds))))
+      slowest = max((t[0] for t in point_times.values()), default=0.0)
       if round_index == 0 and slowest > s.max_seconds:
         timed = i + 1
         break
@@ -538,9 +548,10 @@ def header_lines(s: Settings, ceiling_samples, ceiling_gflops) -> list:
       f"({device.device_kind}) x{jax.device_count()}",
       f"jax {jax.__version__}; {datetime.datetime.now().isoformat(timespec='seconds')}",
       f"shape: B={s.batch} H={s.heads} Hkv={s.kv_heads} D={s.head_dim} {s.dtype}, "
-      f"causal={s.causal}; times: median of at least {s.repeats} calls and "
-      f"{s.min_timing_seconds:g} s of calls, after a warm-up, in {s.rounds} interleaved "
-      f"round{'s' if s.rounds > 1 else ''} over the lengths",
+      f"causal={s.causal}; times: at least {s.repeats} calls and "
+      f"{s.min_timing_seconds:g} s of calls a point, after a warm-up, in {s.rounds} interleaved "
+      f"round{'s' if s.rounds > 1 else ''} over the lengths, "
+      f"{'the median of the round medians' if s.rounds > 1 else 'their median'}",
       f"matmul ceiling: {ceiling_gflops:.1f} GFLOP/s ({s.dtype} "
       f"{s.matmul_size}^3; median of {len(ceiling_samples)} samples, one before each round of each variant: "
       f"{min(ceiling_samples):.0f} to {max(ceiling_samples):.0f})",

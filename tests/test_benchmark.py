@@ -141,7 +141,7 @@ def test_median_seconds_times_short_calls_until_min_seconds(monkeypatch):
   assert fake.calls == 1 + bench.MAX_CALLS
 
 
-def test_rounds_interleave_the_lengths_and_report_the_median_of_all_calls(
+def test_rounds_interleave_the_lengths_and_report_the_median_of_round_medians(
     tmp_path, capsys, monkeypatch):
   order, seconds = [], iter(range(1, 100))
   def fake_call_seconds(executable, args, calls, min_seconds, max_calls):
@@ -157,10 +157,29 @@ def test_rounds_interleave_the_lengths_and_report_the_median_of_all_calls(
   assert order == one_round * 3
   # 2 calls a round (ceil(5 / 3)); L=64's fwd got seconds 1, 2, then 9, 10, then 17, 18.
   first, second = read_csv(tmp_path / "benchmark.csv")
-  assert float(first["fwd_ms"]) == 1e3 * np.median([1, 2, 9, 10, 17, 18])
-  assert float(second["fwd_bwd_ms"]) == 1e3 * np.median([7, 8, 15, 16, 23, 24])
+  assert float(first["fwd_ms"]) == 1e3 * 9.5
+  assert float(second["fwd_bwd_ms"]) == 1e3 * 15.5
   assert "200.0 GFLOP/s (float32 128^3; median of 3 samples, one before each round of each " \
       "variant: 100 to 300)" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_a_fast_round_with_more_calls_does_not_outvote_the_others(tmp_path, capsys, monkeypatch):
+  # A fast round fits five calls into its share of the time, slower ones two:
+  # round medians 1, 5, 6 give 5, where pooling the nine calls would give 1.
+  rounds = iter([[1.0] * 5, [5.0] * 2, [6.0] * 2] * 2)  # fwd, then fwd+bwd
+  script = {}
+  def fake_call_seconds(executable, args, calls, min_seconds, max_calls):
+    del executable, calls, min_seconds, max_calls
+    mode = "fwd" if len(args) == 3 else "fwd+bwd"
+    if mode not in script:
+      script[mode] = [next(rounds) for _ in range(3)]
+    return script[mode].pop(0)
+  monkeypatch.setattr(bench, "call_seconds", fake_call_seconds)
+  monkeypatch.setattr(bench, "matmul_gflops", lambda *args: 100.0)
+  run_binary(capsys, "--variants=dense", "--nobaseline", "--lengths=64", "--rounds=3",
+             "--repeats=5", f"--out_dir={tmp_path}")
+  (row,) = read_csv(tmp_path / "benchmark.csv")
+  assert float(row["fwd_ms"]) == float(row["fwd_bwd_ms"]) == 5e3
 
 
 def test_markdown_table_layout():
@@ -229,6 +248,22 @@ def test_point_over_memory_budget_is_compiled_but_not_run(tmp_path, capsys):
   assert row["fwd_ms"] == "" and row["fwd_bwd_ms"] == ""
   assert float(row["temp_fwd_mib"]) > 0  # compiled, so its memory is still reported
   assert "skipped: needs" in out
+
+
+def test_inputs_held_for_shorter_lengths_count_against_the_budget(tmp_path, capsys, monkeypatch):
+  compile_timed = bench.compile_timed
+  def fixed_total(fn, specs):  # every program says it needs 100 kB
+    executable, seconds, temp, _ = compile_timed(fn, specs)
+    return executable, seconds, temp, 100_000
+  monkeypatch.setattr(bench, "compile_timed", fixed_total)
+  run_binary(capsys, "--variants=dense", "--nobaseline", "--lengths=64,128",
+             f"--memory_budget_gb={110_000 / 2**30}", f"--out_dir={tmp_path}")
+  first, second = read_csv(tmp_path / "benchmark.csv")
+  assert float(first["fwd_bwd_ms"]) > 0 and first["note"] == ""
+  # L=64 holds q, k, v and the cotangent, [1, 64, 2, 8] float32 = 4096 bytes each.
+  assert second["fwd_ms"] == second["fwd_bwd_ms"] == ""
+  assert second["note"] == f"skipped: needs {(100_000 + 4 * 4096) / 2**30:.3g} GiB > budget " \
+      f"{110_000 / 2**30:.3g} GiB"
 
 
 @pytest.mark.parametrize("rounds", [1, 2])

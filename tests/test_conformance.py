@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from attention_research import attention
+from attention_research.attention import blockwise as blockwise_lib
 from tests import reference
 
 # Small-shape options per variant; a new variant runs with its defaults.
@@ -192,11 +193,21 @@ def test_blockwise_with_all_heads_per_step_equals_float64_softmax(case):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("sequential_heads", [True, False])
 def test_blockwise_defaults_past_one_block_equal_float64_softmax(sequential_heads, causal):
-  """Default block sizes (forward block_q 2048, 1024 or 512; backward 512 x
-  512) at a length that takes several blocks, the last of them not full."""
+  """Default block sizes at a length that takes several blocks in every pass,
+  the last of them padded: forward 2 x 1056 query rows (causal 3 x 704; all
+  heads at once 5 x 424), backward 5 x 512 with 404 rows in the last."""
   causal_only = lambda q_len, k_len, causal: np.tril(np.ones((q_len, k_len), bool)) if causal else None
-  check_option_path((1, 1100, 1100, 2, 1, causal, "random"), "blockwise", causal_only,
+  check_option_path((1, 2100, 2100, 2, 1, causal, "random"), "blockwise", causal_only,
                     sequential_heads=sequential_heads)
+
+
+@pytest.mark.parametrize("largest", [512, 1024, 2048])
+def test_default_query_blocks_are_as_few_as_allowed_and_nearly_unpadded(largest):
+  for length in [1, 7, largest - 1, largest, largest + 1, 2 * largest + 9, 5 * largest - 3]:
+    block = blockwise_lib._balanced_block(length, largest)
+    num_blocks = -(-length // block)
+    assert block <= largest and num_blocks == -(-length // largest), (length, block)
+    assert num_blocks * block - length < (8 * num_blocks if num_blocks > 1 else 1), (length, block)
 
 
 @pytest.mark.parametrize("case", ["causal_gqa_odd", "kvmask_mqa", "cross_kvmask", "cross_causal"])

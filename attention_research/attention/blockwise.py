@@ -29,11 +29,14 @@ def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=None, bl
     causal: query i sees key j only if j <= i (top-left aligned).
     kv_mask: bool [B, Lk], True where the key is a real token.
     block_q, block_k: the forward pass's block sizes (clipped to the
-      lengths). block_q None: when heads run one at a time (the CPU default),
-      2048, or 1024 under `causal`, whose diagonal tiles are partly wasted
-      work that grows with the block (at 4096 on CPU these are about 10%
-      faster than 512; README, benchmark section); 512 when all heads share
-      a step, whose tile is heads times larger.
+      lengths). block_q None: blocks of at most 2048 query rows when heads
+      run one at a time (the CPU default), or 1024 under `causal`, whose
+      diagonal tiles are partly wasted work that grows with the block (at
+      4096 on CPU these are about 10% faster than 512; README, benchmark
+      section); at most 512 when all heads share a step, whose tile is heads
+      times larger. The rows are split evenly over as few blocks as that
+      allows (rounded up to a multiple of 8), so padding stays under 8 rows a
+      block: 2049 rows run as two blocks of 1032.
     bwd_block_q, bwd_block_k: the backward pass's block sizes. It keeps four
       [bwd_block_q, bwd_block_k] tiles live a step (logits, P, dP, dS); with
       2048 x 512 blocks in both passes a 4096 fwd+bwd on CPU was about 20%
@@ -78,7 +81,7 @@ def attention_with_lse(query, key, value, *, causal=False, kv_mask=None, block_q
     raise ValueError(f"{variant}: `sequential_heads` must be None, True or False, "
                      f"got {sequential_heads!r}")
   if block_q is None:
-    block_q = (1024 if causal else 2048) if sequential_heads else 512
+    block_q = _balanced_block(s.q_len, (1024 if causal else 2048) if sequential_heads else 512)
   fwd_blocks = (min(common.positive_int(variant, "block_q", block_q), s.q_len),
                 min(common.positive_int(variant, "block_k", block_k), s.k_len))
   bwd_blocks = (min(common.positive_int(variant, "bwd_block_q", bwd_block_q), s.q_len),
@@ -97,6 +100,16 @@ def attention_with_lse(query, key, value, *, causal=False, kv_mask=None, block_q
   out = out.reshape(s.batch, s.q_len, s.heads, s.head_dim).astype(out_dtype or query.dtype)
   lse = lse.transpose(0, 3, 1, 2).reshape(s.batch, s.q_len, s.heads)
   return out, jnp.where(jnp.isfinite(lse), lse, -jnp.inf)
+
+
+def _balanced_block(length, largest):
+  """The smallest multiple of 8 that cuts `length` into as few blocks of at
+  most `largest` rows as possible: 2049 rows make two blocks of 1032, not a
+  second 2048-row block that is almost all padding."""
+  if length <= largest:
+    return length
+  n = -(-length // largest)
+  return min(largest, common.round_up(-(-length // n), 8))
 
 
 def _padded_keys(k, v, kv_mask, bk):
