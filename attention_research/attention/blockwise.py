@@ -20,7 +20,7 @@ from attention_research.attention import common
 
 
 def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=None, block_k=512,
-              bwd_block_q=512, bwd_block_k=512, sequential_heads=None, alibi_slopes=None):
+              bwd_block_q=512, bwd_block_k=256, sequential_heads=None, alibi_slopes=None):
   """Exact softmax attention computed block by block.
 
   Args:
@@ -40,7 +40,8 @@ def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=None, bl
     bwd_block_q, bwd_block_k: the backward pass's block sizes. It keeps four
       [bwd_block_q, bwd_block_k] tiles live a step (logits, P, dP, dS); with
       2048 x 512 blocks in both passes a 4096 fwd+bwd on CPU was about 20%
-      slower than with 512 x 512.
+      slower than with 512 x 512 (Xeon), and 512 x 256 was about 15% faster
+      than 512 x 512 (EPYC; README, benchmark section).
     sequential_heads: process one query head at a time (a loop over heads)
       instead of all heads in each block step. None: True on CPU, where a
       block's tiles then stay in L2 and run about 1.5x faster; False
@@ -62,7 +63,7 @@ def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=None, bl
 
 
 def attention_with_lse(query, key, value, *, causal=False, kv_mask=None, block_q=None,
-                       block_k=512, bwd_block_q=512, bwd_block_k=512, sequential_heads=None,
+                       block_k=512, bwd_block_q=512, bwd_block_k=256, sequential_heads=None,
                        alibi_slopes=None, variant="blockwise", out_dtype=None):
   """`blockwise`, also returning the log-sum-exp of each row's logits.
 
