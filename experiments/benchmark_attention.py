@@ -6,16 +6,16 @@ forward+backward time (median over at least --repeats calls and at least
 apart) and the temporary memory of the compiled executable
 (XLA's `memory_analysis().temp_size_in_bytes`). A variant's lengths are timed
 in --rounds interleaved rounds, each point getting its share of the calls in
-every round and the median of its round medians reported, so that a slow spell of a shared machine falls on all of a
-variant's lengths alike instead of on one, which would skew the ratios and
-slopes between them. The same run times `jax.nn.dot_product_attention` as the
-baseline and a square matrix multiply as the GFLOP/s ceiling of this machine
-(sampled before each round of each variant, the median reported), so every
-number has a reference measured beside it. It
-prints Markdown tables (per point, then each variant's fitted log-log slope)
-and, with --out_dir, writes benchmark.md, benchmark.csv and benchmark.png
-(fwd+bwd time and temp memory against L, log-log, each variant's slope in
-the legend).
+every round and reporting the median of its round medians, so that a slow
+spell of a shared machine falls on all of a variant's lengths alike instead
+of on one, which would skew the ratios and slopes between them. The same
+run times `jax.nn.dot_product_attention` as the baseline and a square matrix
+multiply as the GFLOP/s ceiling of this machine (sampled before each round
+of each variant, the median reported), so every number has a reference
+measured beside it. It prints Markdown tables (per point, then each
+variant's fitted log-log slope) and, with --out_dir, writes benchmark.md,
+benchmark.csv and benchmark.png (fwd+bwd time and temp memory against L,
+log-log, each variant's slope in the legend).
 
     python -m experiments.benchmark_attention \
         --variants=dense,blockwise,local,linear,performer \

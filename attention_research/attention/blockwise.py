@@ -104,9 +104,9 @@ def attention_with_lse(query, key, value, *, causal=False, kv_mask=None, block_q
 
 
 def _balanced_block(length, largest):
-  """The smallest multiple of 8 that cuts `length` into as few blocks of at
-  most `largest` rows as possible: 2049 rows make two blocks of 1032, not a
-  second 2048-row block that is almost all padding."""
+  """Rows a block: all `length` if they fit in `largest`, else the smallest
+  multiple of 8 that cuts them into as few blocks as `largest` allows: 2049
+  rows make two blocks of 1032, not a second 2048-row block of padding."""
   if length <= largest:
     return length
   n = -(-length // largest)
