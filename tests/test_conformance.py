@@ -195,7 +195,8 @@ def test_blockwise_with_all_heads_per_step_equals_float64_softmax(case):
 def test_blockwise_defaults_past_one_block_equal_float64_softmax(sequential_heads, causal):
   """Default block sizes at a length that takes several blocks in every pass,
   the last of them padded: forward 2 x 1056 query rows (causal 3 x 704; all
-  heads at once 5 x 424), backward 5 x 512 with 404 rows in the last."""
+  heads at once 5 x 424), backward 5 x 512 query rows by 9 x 256 keys, the
+  last block of each holding 52."""
   causal_only = lambda q_len, k_len, causal: np.tril(np.ones((q_len, k_len), bool)) if causal else None
   check_option_path((1, 2100, 2100, 2, 1, causal, "random"), "blockwise", causal_only,
                     sequential_heads=sequential_heads)
