@@ -24,7 +24,7 @@ SMALL_OPTIONS = {
     "bigbird": dict(block_size=4, num_window_blocks=3, num_global_blocks=1,
                     num_random_blocks=2, seed=3),
     "linear": dict(chunk_size=8, rows_per_step=8),  # causal chunks; non-causal steps
-    "performer": dict(num_features=32, chunk_size=8),
+    "performer": dict(num_features=32, chunk_size=8, rows_per_step=8),
 }
 
 # name: (batch, q_len, k_len, heads, kv_heads, causal, key mask)

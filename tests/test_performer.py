@@ -194,6 +194,29 @@ def test_matches_direct_formula_given_features(causal, q_len, k_len, kv_heads, m
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
 
 
+def direct_performer(q, k, v, w, *, causal=False, kv_mask=None):
+  """FAVOR+ attention from the definition in jnp, for jax.grad: the O(L^2)
+  weights, no stabilising shifts; a row with no key is 0 (double `where`, so
+  its gradient is 0, not NaN)."""
+  def phi(x):
+    x = x / D ** 0.25
+    return jnp.exp(x @ w.T - 0.5 * jnp.sum(x * x, -1, keepdims=True)) / np.sqrt(w.shape[0])
+  groups = q.shape[2] // k.shape[2]
+  ke, ve = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+  weights = jnp.einsum("bqhf,bkhf->bhqk", phi(q), phi(ke))
+  weights = weights * _allowed(q.shape[0], q.shape[1], k.shape[1], causal, kv_mask)
+  out = jnp.einsum("bhqk,bkhd->bqhd", weights, ve)
+  den = weights.sum(-1).transpose(0, 2, 1)[..., None]
+  return jnp.where(den > 0, out / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def _assert_grads_close(grads, expected):
+  for name, g, e in zip("qkv", grads, expected):
+    e = np.asarray(e, np.float64)
+    np.testing.assert_allclose(np.asarray(g, np.float64), e, rtol=1e-4,
+                               atol=1e-5 * np.abs(e).max(), err_msg=f"d{name}")
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_gradient_given_features(causal):
   """jax.grad of the library equals jax.grad of a direct O(L^2) jnp evaluation."""
@@ -202,27 +225,66 @@ def test_gradient_given_features(causal):
   d_out = jnp.asarray(np.random.default_rng(44).standard_normal(q.shape), jnp.float32)
   w = attention.performer_projection(D, m, 7)
 
-  def direct(q, k, v):  # written from the definition, no stabilising shifts
-    def phi(x):
-      x = x / D ** 0.25
-      return jnp.exp(x @ w.T - 0.5 * jnp.sum(x * x, -1, keepdims=True)) / np.sqrt(m)
-    groups = q.shape[2] // k.shape[2]
-    ke, ve = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
-    weights = jnp.einsum("bqhf,bkhf->bhqk", phi(q), phi(ke))
-    if causal:
-      weights = weights * jnp.tril(jnp.ones((q.shape[1], k.shape[1])))
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, ve)
-    return out / weights.sum(-1).transpose(0, 2, 1)[..., None]
-
   def lib(q, k, v):
     return attention.get("performer")(q, k, v, causal=causal, num_features=m, feature_key=7,
-                               chunk_size=8)
+                                      chunk_size=8)
 
   grad = lambda f: jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * d_out), argnums=(0, 1, 2)))
-  for name, g, e in zip("qkv", grad(lib)(q, k, v), grad(direct)(q, k, v)):
-    e = np.asarray(e, np.float64)
-    np.testing.assert_allclose(np.asarray(g, np.float64), e, rtol=1e-4,
-                               atol=1e-5 * np.abs(e).max(), err_msg=f"d{name}")
+  direct = lambda q, k, v: direct_performer(q, k, v, w, causal=causal)
+  _assert_grads_close(grad(lib)(q, k, v), grad(direct)(q, k, v))
+
+
+@pytest.mark.parametrize("q_len,k_len,rows_per_step,kv_heads", [
+    (37, 37, 8, 2),      # 5 balanced steps of 8, the last clamped to overlap
+    (13, 29, 5, 1),      # Lq < Lk: 3 query steps, 6 key steps, MQA
+    (29, 13, 4, 4),      # Lq > Lk
+    (24, 24, None, 2),   # None: one step
+])
+def test_rows_per_step_values_and_gradients(q_len, k_len, rows_per_step, kv_heads):
+  """Non-causal steps against the float64 formula and the direct jnp gradient.
+
+  The keys are scaled x1 to x4 along the sequence, so the largest
+  log-feature of a key step moves by several units from step to step, and
+  the state summed so far must be rescaled whenever it rises (without the
+  rescaling these tests fail). Batch row 1 has no key: zeros out, zero
+  gradients, no NaN.
+  """
+  m = 32
+  q, k, v = _inputs(q_len + 7 * k_len, q_len=q_len, k_len=k_len, kv_heads=kv_heads)
+  k = k * jnp.linspace(1.0, 4.0, k_len)[None, :, None, None]
+  mask = np.random.default_rng(k_len).random((2, k_len)) < 0.8
+  mask[0, 0], mask[1] = True, False
+  kv_mask = jnp.asarray(mask)
+  d_out = jnp.asarray(np.random.default_rng(q_len).standard_normal(q.shape), jnp.float32)
+  w = attention.performer_projection(D, m, 9)
+
+  def lib(q, k, v):
+    return attention.get("performer")(q, k, v, kv_mask=kv_mask, num_features=m, feature_key=9,
+                                      rows_per_step=rows_per_step)
+
+  out, vjp = jax.vjp(jax.jit(lib), q, k, v)
+  expected = performer_reference(q, k, v, w, kv_mask=kv_mask)
+  np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=1e-4, atol=1e-5)
+  assert np.all(np.asarray(out)[1] == 0)
+  grads = vjp(d_out)
+  for name, g in zip("qkv", grads):
+    assert np.all(np.asarray(g)[1] == 0), name  # no key: no gradient
+  direct = lambda q, k, v: jnp.sum(direct_performer(q, k, v, w, kv_mask=kv_mask) * d_out)
+  _assert_grads_close(grads, jax.jit(jax.grad(direct, argnums=(0, 1, 2)))(q, k, v))
+
+
+def test_rows_per_step_with_a_feature_key_traced_under_jit():
+  """A PRNG key traced under jit (a fresh draw per step) runs the stepped
+  path and its gradient, and matches the formula with the same draw."""
+  q, k, v = _inputs(61, q_len=19, k_len=19)
+  fn = jax.jit(lambda q, k, v, key: jnp.sum(attention.get("performer")(
+      q, k, v, num_features=16, feature_key=key, rows_per_step=4) ** 2))
+  key = jax.random.key(3)
+  w = attention.performer_projection(D, 16, key)
+  value, grads = jax.value_and_grad(fn, argnums=(0, 1, 2))(q, k, v, key)
+  np.testing.assert_allclose(value, np.sum(performer_reference(q, k, v, w) ** 2), rtol=1e-4)
+  direct = lambda q, k, v: jnp.sum(direct_performer(q, k, v, w) ** 2)
+  _assert_grads_close(grads, jax.jit(jax.grad(direct, argnums=(0, 1, 2)))(q, k, v))
 
 
 # ---------------------------------------------------------------------------
@@ -259,6 +321,8 @@ def test_error_against_softmax_falls_as_features_grow():
 @pytest.mark.parametrize("options,name", [
     (dict(num_features=0), "num_features"),
     (dict(chunk_size=-1), "chunk_size"),
+    (dict(rows_per_step=0), "rows_per_step"),
+    (dict(rows_per_step=1.5), "rows_per_step"),
     (dict(feature_map="elu"), "feature_map"),  # a linear option, not performer's
 ])
 def test_invalid_options_raise(options, name):

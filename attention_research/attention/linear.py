@@ -10,7 +10,7 @@ never forms the Lq x Lk matrix.
   2020, "Rethinking Attention with Performers": an unbiased estimate of
   exp(q.k / sqrt(D)), so it approaches softmax attention as features grow.
 
-Non-causal `linear` sums one [D, D + 1] state over steps of key rows, then
+Non-causal attention sums one [F, D + 1] state over steps of key rows, then
 applies it to steps of query rows; its custom VJP recomputes each step's
 features, so no temporary grows with L (`rows_per_step`). Causal attention
 uses chunked prefix sums: within a chunk the (small) masked quadratic form,
@@ -27,8 +27,9 @@ import numpy as np
 from attention_research.attention import common
 
 
-def _weighted_sum(phi_q, phi_k, value, s, causal, chunk):
-  """sum_j phi_q_i.phi_k_j v_j / sum_j phi_q_i.phi_k_j, as [B, Lq, H, D] float32.
+def _causal_weighted_sum(phi_q, phi_k, value, s, chunk):
+  """sum_{j <= i} phi_q_i.phi_k_j v_j / sum_{j <= i} phi_q_i.phi_k_j, as
+  [B, Lq, H, D] float32, by chunked prefix sums.
 
   phi_q: [B, Hkv, G, Lq, F]; phi_k: [B, Hkv, Lk, F], zero for masked keys.
   Heads lead and length is second to last, so each einsum is a plain batched
@@ -36,26 +37,22 @@ def _weighted_sum(phi_q, phi_k, value, s, causal, chunk):
   values carry an extra column of ones, so one matmul gives the numerator
   and, in that column, the denominator: a separate sum of phi_k and a
   matrix-vector product would each be another pass over L-sized arrays.
+  Causal is top-left aligned (key j <= query i), so both sides are padded to
+  a common length; padded keys have phi_k = 0 and padded queries are dropped.
   """
   v = _with_ones(_keys(value))  # [B, Hkv, Lk, D + 1]
-  if not causal:
-    state = jnp.einsum("bhkf,bhkd->bhfd", phi_k, v)
-    num = jnp.einsum("bhgqf,bhfd->bhgqd", phi_q, state)
-  else:
-    # Causal is top-left aligned (key j <= query i), so pad both sides to a
-    # common length; padded keys have phi_k = 0 and padded queries are dropped.
-    c = min(chunk, max(s.q_len, s.k_len))
-    length = common.round_up(max(s.q_len, s.k_len), c)
-    n = length // c
-    pq = common.pad_axis(phi_q, 3, length).reshape(*phi_q.shape[:3], n, c, phi_q.shape[-1])
-    pk = common.pad_axis(phi_k, 2, length).reshape(*phi_k.shape[:2], n, c, phi_k.shape[-1])
-    pv = common.pad_axis(v, 2, length).reshape(*v.shape[:2], n, c, v.shape[-1])
-    scores = jnp.einsum("bhgnqf,bhnkf->bhgnqk", pq, pk) * jnp.tril(jnp.ones((c, c)))
-    states = jnp.einsum("bhnkf,bhnkd->bhnfd", pk, pv)
-    states = _exclusive_cumsum(states, axis=2)            # keys of earlier chunks only
-    num = (jnp.einsum("bhgnqk,bhnkd->bhgnqd", scores, pv)
-           + jnp.einsum("bhgnqf,bhnfd->bhgnqd", pq, states))
-    num = num.reshape(*num.shape[:3], length, num.shape[-1])[:, :, :, :s.q_len]
+  c = min(chunk, max(s.q_len, s.k_len))
+  length = common.round_up(max(s.q_len, s.k_len), c)
+  n = length // c
+  pq = common.pad_axis(phi_q, 3, length).reshape(*phi_q.shape[:3], n, c, phi_q.shape[-1])
+  pk = common.pad_axis(phi_k, 2, length).reshape(*phi_k.shape[:2], n, c, phi_k.shape[-1])
+  pv = common.pad_axis(v, 2, length).reshape(*v.shape[:2], n, c, v.shape[-1])
+  scores = jnp.einsum("bhgnqf,bhnkf->bhgnqk", pq, pk) * jnp.tril(jnp.ones((c, c)))
+  states = jnp.einsum("bhnkf,bhnkd->bhnfd", pk, pv)
+  states = _exclusive_cumsum(states, axis=2)            # keys of earlier chunks only
+  num = (jnp.einsum("bhgnqk,bhnkd->bhgnqd", scores, pv)
+         + jnp.einsum("bhgnqf,bhnfd->bhgnqd", pq, states))
+  num = num.reshape(*num.shape[:3], length, num.shape[-1])[:, :, :, :s.q_len]
   out = _divide_by_last_column(num)
   return out.transpose(0, 3, 1, 2, 4).reshape(s.batch, s.q_len, s.heads, s.head_dim)
 
@@ -129,6 +126,17 @@ def _elu_plus_one(x):
 _FEATURE_MAPS = {"elu": _elu_plus_one, "relu": jax.nn.relu}
 
 
+def _constant_map(phi):
+  """phi as the stepped path's (consts, x) -> features; linear has no consts."""
+  return lambda consts, x: phi(x)
+
+
+# (query features, key features, whether the key features are logs to be
+# shifted), built once so the custom VJP sees the same static argument.
+_LINEAR_FEATURES = {name: (_constant_map(phi), _constant_map(phi), False)
+                    for name, phi in _FEATURE_MAPS.items()}
+
+
 def linear(query, key, value, *, causal=False, kv_mask=None, feature_map="elu", chunk_size=64,
            rows_per_step=512):
   """Linear attention (Katharopoulos et al. 2020). Approximate: not softmax.
@@ -150,14 +158,15 @@ def linear(query, key, value, *, causal=False, kv_mask=None, feature_map="elu", 
     rows_per_step = common.positive_int("linear", "rows_per_step", rows_per_step)
   phi = _FEATURE_MAPS[feature_map]
   if not causal:
-    return _stepped_linear(query, key, value, kv_mask, rows_per_step, phi)
+    return _stepped(query, key, value, kv_mask, (), rows_per_step, _LINEAR_FEATURES[feature_map])
   phi_q = phi(_grouped(query, s))
   phi_k = _masked_keys(phi(_keys(key)), kv_mask)
-  return _weighted_sum(phi_q, phi_k, value, s, causal, chunk).astype(query.dtype)
+  return _causal_weighted_sum(phi_q, phi_k, value, s, chunk).astype(query.dtype)
 
 
 # ---------------------------------------------------------------------------
-# Non-causal linear attention in steps of rows, with a hand-written VJP.
+# Non-causal kernel attention in steps of rows, with a hand-written VJP
+# (`linear` and `performer`).
 #
 # With S = sum_j phi(k_j)^T [v_j, 1] (an [F, D + 1] state per kv head), the
 # output is out_i = n_i[:D] / n_i[D] for n_i = phi(q_i) S. The backward pass
@@ -165,6 +174,15 @@ def linear(query, key, value, *, causal=False, kv_mask=None, feature_map="elu", 
 #   d phi(q_i) = dn_i S^T,   dS = sum_i phi(q_i)^T dn_i,
 #   d phi(k_j) = [v_j, 1] dS^T,   d v_j = phi(k_j) dS[:, :D],
 # one pass over query steps (dq and dS), then one over key steps (dk, dv).
+#
+# `features` is (phi_q, phi_k, shifted), each phi a (consts, x) -> [..., F]
+# function. With `shifted`, phi_k gives log-features and the key features
+# are exp(phi_k - shift), the shift the largest log-feature of any real key
+# of a (batch, kv head): it cancels in the ratio and keeps exp finite. The
+# forward finds it as it goes, rescaling S whenever it grows (as an online
+# softmax does), and saves it for the backward. The consts (performer's
+# projection W) are constants of the computation: no gradient flows into
+# them.
 
 def _step_rows(length, rows_per_step):
   """Rows per step: balanced, so the last step is not mostly overlap."""
@@ -193,39 +211,56 @@ def _num_steps(length, rows):
   return -(-length // rows)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _stepped_linear(query, key, value, kv_mask, rows_per_step, phi):
-  return _stepped_fwd(query, key, value, kv_mask, rows_per_step, phi)[0]
+# The shift before any real key: finite, so exp(shift - larger) is 0, not NaN.
+_NO_SHIFT = float(np.finfo(np.float32).min)
 
 
-def _stepped_fwd(query, key, value, kv_mask, rows_per_step, phi):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _stepped(query, key, value, kv_mask, consts, rows_per_step, features):
+  return _stepped_fwd(query, key, value, kv_mask, consts, rows_per_step, features)[0]
+
+
+def _stepped_fwd(query, key, value, kv_mask, consts, rows_per_step, features):
+  phi_q, phi_k, shifted = features
   b, lq, h, d = query.shape
   lk, hkv = key.shape[1], key.shape[2]
   rk = _step_rows(lk, rows_per_step)
 
-  def add_keys(i, state):
+  def add_keys(i, carry):
+    state, shift = carry
     k, _, new = _step(key, i, rk)
     real = new[None] if kv_mask is None else new[None] & _step(kv_mask, i, rk)[0]
-    phi_k = phi(_keys(k)) * real[:, None, :, None]
+    real = real[:, None, :, None]
+    f = phi_k(consts, _keys(k))
+    if shifted:
+      step_max = jnp.max(jnp.where(real, f, _NO_SHIFT), axis=(2, 3), keepdims=True)
+      new_shift = jnp.maximum(shift, step_max)
+      state, shift = state * jnp.exp(shift - new_shift), new_shift
+      f = jnp.exp(f - shift)
+    phi_k_step = jnp.where(real, f, 0.0)
     v = _with_ones(_keys(_step(value, i, rk)[0]))
-    return state + jnp.einsum("bhkf,bhkd->bhfd", phi_k, v)
-  state = jax.lax.fori_loop(0, _num_steps(lk, rk), add_keys,
-                            jnp.zeros((b, hkv, d, d + 1), jnp.float32))
+    return state + jnp.einsum("bhkf,bhkd->bhfd", phi_k_step, v), shift
+  num_features = jax.eval_shape(lambda: phi_k(consts, _keys(key[:, :1]))).shape[-1]
+  state, shift = jax.lax.fori_loop(
+      0, _num_steps(lk, rk), add_keys,
+      (jnp.zeros((b, hkv, num_features, d + 1), jnp.float32),
+       jnp.full((b, hkv, 1, 1), _NO_SHIFT, jnp.float32)))
 
   rq = _step_rows(lq, rows_per_step)
   s = common.Shapes(b, rq, lk, h, hkv, d)  # one query step's, for _grouped
 
   def write_queries(i, out):
     q, start, _ = _step(query, i, rq)
-    num = jnp.einsum("bhgqf,bhfd->bhgqd", phi(_grouped(q, s)), state)
+    num = jnp.einsum("bhgqf,bhfd->bhgqd", phi_q(consts, _grouped(q, s)), state)
     o = _divide_fwd(num)[0].transpose(0, 3, 1, 2, 4).reshape(b, rq, h, d)
     return _put(out, o, start)
   out = jax.lax.fori_loop(0, _num_steps(lq, rq), write_queries, jnp.zeros_like(query))
-  return out, (query, key, value, kv_mask, state)
+  return out, (query, key, value, kv_mask, consts, state, shift)
 
 
-def _stepped_bwd(rows_per_step, phi, residuals, d_out):
-  query, key, value, kv_mask, state = residuals
+def _stepped_bwd(rows_per_step, features, residuals, d_out):
+  phi_q, phi_k, shifted = features
+  query, key, value, kv_mask, consts, state, shift = residuals
   b, lq, h, d = query.shape
   lk, hkv = key.shape[1], key.shape[2]
   rq = _step_rows(lq, rows_per_step)
@@ -234,11 +269,11 @@ def _stepped_bwd(rows_per_step, phi, residuals, d_out):
   def query_step(i, carry):
     dq, d_state = carry
     q, start, new = _step(query, i, rq)
-    phi_q, phi_vjp = jax.vjp(phi, _grouped(q, s))
-    num = jnp.einsum("bhgqf,bhfd->bhgqd", phi_q, state)
+    phi_q_step, phi_vjp = jax.vjp(lambda x: phi_q(consts, x), _grouped(q, s))
+    num = jnp.einsum("bhgqf,bhfd->bhgqd", phi_q_step, state)
     d_num, = _divide_bwd(_divide_fwd(num)[1], _grouped(_step(d_out, i, rq)[0], s))
     d_phi_q = jnp.einsum("bhgqd,bhfd->bhgqf", d_num, state)
-    d_state += jnp.einsum("bhgqf,bhgqd->bhfd", phi_q * new[:, None], d_num)
+    d_state += jnp.einsum("bhgqf,bhgqd->bhfd", phi_q_step * new[:, None], d_num)
     dq_step, = phi_vjp(d_phi_q)
     dq_step = dq_step.transpose(0, 3, 1, 2, 4).reshape(b, rq, h, d)
     return _put(dq, dq_step, start), d_state
@@ -247,25 +282,31 @@ def _stepped_bwd(rows_per_step, phi, residuals, d_out):
 
   rk = _step_rows(lk, rows_per_step)
 
+  def key_features(x, real):
+    """A step's key features, zero for masked keys; masked inside, so that
+    their cotangent is zero where exp(log-features - shift) overflows."""
+    f = phi_k(consts, x)
+    if shifted:
+      return jnp.exp(f - shift if real is None else jnp.where(real, f - shift, -jnp.inf))
+    return f if real is None else jnp.where(real, f, 0.0)
+
   def key_step(i, carry):
     dk, dv = carry
     k, start, _ = _step(key, i, rk)
-    phi_k, phi_vjp = jax.vjp(phi, _keys(k))
+    real = None if kv_mask is None else _step(kv_mask, i, rk)[0][:, None, :, None]
+    phi_k_step, phi_vjp = jax.vjp(lambda x: key_features(x, real), _keys(k))
     v = _with_ones(_keys(_step(value, i, rk)[0]))
     d_phi_k = jnp.einsum("bhkd,bhfd->bhkf", v, d_state)
-    if kv_mask is not None:
-      real = _step(kv_mask, i, rk)[0][:, None, :, None]
-      d_phi_k, phi_k = jnp.where(real, d_phi_k, 0.0), jnp.where(real, phi_k, 0.0)
-    dv_step = jnp.einsum("bhkf,bhfd->bhkd", phi_k, d_state[..., :-1])
+    dv_step = jnp.einsum("bhkf,bhfd->bhkd", phi_k_step, d_state[..., :-1])
     dk_step, = phi_vjp(d_phi_k)
     return (_put(dk, dk_step.transpose(0, 2, 1, 3), start),
             _put(dv, dv_step.transpose(0, 2, 1, 3), start))
   dk, dv = jax.lax.fori_loop(0, _num_steps(lk, rk), key_step,
                              (jnp.zeros_like(key), jnp.zeros_like(value)))
-  return dq, dk, dv, None
+  return dq, dk, dv, None, jax.tree.map(jnp.zeros_like, consts)
 
 
-_stepped_linear.defvjp(_stepped_fwd, _stepped_bwd)
+_stepped.defvjp(_stepped_fwd, _stepped_bwd)
 
 
 def performer_projection(head_dim, num_features, feature_key=None):
@@ -318,8 +359,30 @@ def _orthogonal_features(blocks, norm_draws, xp):
   return rows * xp.linalg.norm(norm_draws, axis=1)[:, None]
 
 
+def _favor_logs(w, x):
+  """log(phi(x) sqrt(m)) = W x' - |x'|^2 / 2 with x' = x / D^(1/4), before any shift."""
+  x = x * float(x.shape[-1]) ** -0.25
+  return jnp.einsum("...d,fd->...f", x, w) - 0.5 * jnp.sum(x * x, -1, keepdims=True)
+
+
+def _favor_query(consts, x):
+  """Query features up to a per-query factor (which cancels in the ratio):
+  shifted by the query's largest log-feature, so exp stays finite."""
+  logs = _favor_logs(consts[0], x)
+  return jnp.exp(logs - jax.lax.stop_gradient(logs.max(-1, keepdims=True)))
+
+
+def _favor_key_logs(consts, x):
+  return _favor_logs(consts[0], x)
+
+
+# The stepped path's features: keys as log-features, shifted as it goes. The
+# 1/sqrt(m) of phi cancels in the ratio, so neither side carries it.
+_FAVOR_FEATURES = (_favor_query, _favor_key_logs, True)
+
+
 def performer(query, key, value, *, causal=False, kv_mask=None, num_features=256,
-              feature_key=None, chunk_size=64):
+              feature_key=None, chunk_size=64, rows_per_step=512):
   """Performer FAVOR+ attention (Choromanski et al. 2020). Approximate.
 
   phi(x) = exp(W x - |x|^2 / 2) / sqrt(m) with x = q / D^(1/4) (likewise k),
@@ -329,20 +392,25 @@ def performer(query, key, value, *, causal=False, kv_mask=None, num_features=256
   Args:
     num_features: m, the number of random features.
     feature_key: int seed or jax PRNG key for W (see `performer_projection`;
-      default seed 0; pass a new PRNG key per step to redraw features).
+      default seed 0; pass a new PRNG key per step to redraw features). W is
+      a constant of the computation: no gradient flows into it.
     chunk_size: chunk length of the causal prefix sums.
+    rows_per_step: non-causal only: keys, then queries, this many rows a step
+      (None: all in one step), as in `linear`, with the same hand-written
+      VJP; the key shift is found as the steps go. At L = 16384 the one-shot
+      form held 834 MiB of temporaries, which glibc maps afresh on each call
+      on CPU (README, benchmark section).
   """
   s = common.check_inputs("performer", query, key, value, kv_mask)
   chunk = common.positive_int("performer", "chunk_size", chunk_size)
+  if rows_per_step is not None:
+    rows_per_step = common.positive_int("performer", "rows_per_step", rows_per_step)
   w = performer_projection(s.head_dim, num_features, feature_key)
-  x_scale = float(s.head_dim) ** -0.25
-
-  def log_features(x):  # log of phi(x) * sqrt(m), before any shift
-    x = x * x_scale
-    return jnp.einsum("...d,fd->...f", x, w) - 0.5 * jnp.sum(x * x, -1, keepdims=True)
-
-  lq = log_features(_grouped(query, s))
-  lk = log_features(_keys(key))
+  if not causal:
+    return _stepped(query, key, value, kv_mask, (jax.lax.stop_gradient(w),), rows_per_step,
+                    _FAVOR_FEATURES)
+  lq = _favor_logs(w, _grouped(query, s))
+  lk = _favor_logs(w, _keys(key))
   lq = lq - jax.lax.stop_gradient(lq.max(-1, keepdims=True))
   real = jnp.ones((s.batch, s.k_len), bool) if kv_mask is None else kv_mask
   k_shift = jnp.max(jnp.where(real[:, None, :, None], lk, -jnp.inf), axis=(2, 3), keepdims=True)
@@ -350,4 +418,4 @@ def performer(query, key, value, *, causal=False, kv_mask=None, num_features=256
   norm = float(num_features) ** -0.5
   phi_q = jnp.exp(lq) * norm
   phi_k = _masked_keys(jnp.exp(lk - k_shift) * norm, kv_mask)
-  return _weighted_sum(phi_q, phi_k, value, s, causal, chunk).astype(query.dtype)
+  return _causal_weighted_sum(phi_q, phi_k, value, s, chunk).astype(query.dtype)
