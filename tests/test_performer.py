@@ -246,14 +246,15 @@ def test_rows_per_step_values_and_gradients(q_len, k_len, rows_per_step, kv_head
   The keys are scaled x1 to x4 along the sequence, so the largest
   log-feature of a key step moves by several units from step to step, and
   the state summed so far must be rescaled whenever it rises (without the
-  rescaling these tests fail). Batch row 1 has no key: zeros out, zero
-  gradients, no NaN.
+  rescaling these tests fail). In batch row 0 a whole key step is masked
+  after the shift is set; row 1 has no key: zeros out, zero gradients, no
+  NaN.
   """
   m = 32
   q, k, v = _inputs(q_len + 7 * k_len, q_len=q_len, k_len=k_len, kv_heads=kv_heads)
   k = k * jnp.linspace(1.0, 4.0, k_len)[None, :, None, None]
   mask = np.random.default_rng(k_len).random((2, k_len)) < 0.8
-  mask[0, 0], mask[1] = True, False
+  mask[0, 0], mask[0, 8:16], mask[1] = True, False, False  # row 0: a whole key step masked
   kv_mask = jnp.asarray(mask)
   d_out = jnp.asarray(np.random.default_rng(q_len).standard_normal(q.shape), jnp.float32)
   w = attention.performer_projection(D, m, 9)

@@ -14,8 +14,9 @@ Non-causal attention sums one [F, D + 1] state over steps of key rows, then
 applies it to steps of query rows; its custom VJP recomputes each step's
 features, so no temporary grows with L (`rows_per_step`). Causal attention
 uses chunked prefix sums: within a chunk the (small) masked quadratic form,
-across chunks an exclusive cumulative sum of per-chunk [D, D] states, so
-memory is O(L / chunk x D^2), never [L, D, D].
+across chunks an exclusive cumulative sum of per-chunk [F, D + 1] states (F
+features: D for `linear`, num_features for `performer`), so memory is
+O(L / chunk x F x D), never [L, F, D].
 """
 
 import functools
@@ -376,8 +377,7 @@ def _favor_key_logs(consts, x):
   return _favor_logs(consts[0], x)
 
 
-# The stepped path's features: keys as log-features, shifted as it goes. The
-# 1/sqrt(m) of phi cancels in the ratio, so neither side carries it.
+# The stepped path's features: keys as log-features, shifted as it goes.
 _FAVOR_FEATURES = (_favor_query, _favor_key_logs, True)
 
 
@@ -387,7 +387,8 @@ def performer(query, key, value, *, causal=False, kv_mask=None, num_features=256
 
   phi(x) = exp(W x - |x|^2 / 2) / sqrt(m) with x = q / D^(1/4) (likewise k),
   so E[phi(q).phi(k)] = exp(q.k / sqrt(D)). A per-query and a per-(batch,
-  head) key shift keep the exponentials finite; they cancel in the ratio.
+  kv head) key shift keep the exponentials finite; they cancel in the ratio,
+  as does 1/sqrt(m), which is left out.
 
   Args:
     num_features: m, the number of random features.
@@ -407,15 +408,11 @@ def performer(query, key, value, *, causal=False, kv_mask=None, num_features=256
     rows_per_step = common.positive_int("performer", "rows_per_step", rows_per_step)
   w = performer_projection(s.head_dim, num_features, feature_key)
   if not causal:
-    return _stepped(query, key, value, kv_mask, (jax.lax.stop_gradient(w),), rows_per_step,
-                    _FAVOR_FEATURES)
-  lq = _favor_logs(w, _grouped(query, s))
+    return _stepped(query, key, value, kv_mask, (w,), rows_per_step, _FAVOR_FEATURES)
+  phi_q = _favor_query((w,), _grouped(query, s))
   lk = _favor_logs(w, _keys(key))
-  lq = lq - jax.lax.stop_gradient(lq.max(-1, keepdims=True))
   real = jnp.ones((s.batch, s.k_len), bool) if kv_mask is None else kv_mask
   k_shift = jnp.max(jnp.where(real[:, None, :, None], lk, -jnp.inf), axis=(2, 3), keepdims=True)
   k_shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(k_shift), k_shift, 0.0))
-  norm = float(num_features) ** -0.5
-  phi_q = jnp.exp(lq) * norm
-  phi_k = _masked_keys(jnp.exp(lk - k_shift) * norm, kv_mask)
+  phi_k = _masked_keys(jnp.exp(lk - k_shift), kv_mask)
   return _causal_weighted_sum(phi_q, phi_k, value, s, chunk).astype(query.dtype)
