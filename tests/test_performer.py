@@ -274,6 +274,37 @@ def test_rows_per_step_values_and_gradients(q_len, k_len, rows_per_step, kv_head
   _assert_grads_close(grads, jax.jit(jax.grad(direct, argnums=(0, 1, 2)))(q, k, v))
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_masked_key_far_above_the_real_ones_changes_nothing(causal):
+  """Real keys of norm about 85 have log-features of -110 and below; a
+  masked zero key's are near 0, so exp(its log-feature - the real keys'
+  shift) is over e^110, inf in float32. Masked, its value must not matter: the output and
+  the gradients equal those with an ordinary key in its place, finite.
+  (Not compared with the float64 formula when causal: with keys this far
+  apart the shift, which is over all keys, underflows every weight of some
+  early query rows.)"""
+  q, k, v = _inputs(71, q_len=17, k_len=17)
+  mask = np.ones((2, 17), bool)
+  mask[:, 5] = False
+  kv_mask = jnp.asarray(mask)
+  far, ordinary = (30.0 * k).at[:, 5].set(0.0), (30.0 * k).at[:, 5].set(k[:, 5])
+  fn = jax.jit(lambda q, k, v: attention.get("performer")(
+      q, k, v, causal=causal, kv_mask=kv_mask, num_features=16, feature_key=2, rows_per_step=4))
+  (out, vjp), (expected, expected_vjp) = jax.vjp(fn, q, far, v), jax.vjp(fn, q, ordinary, v)
+  assert np.all(np.isfinite(np.asarray(out)))
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
+  if not causal:
+    w = attention.performer_projection(D, 16, 2)
+    np.testing.assert_allclose(np.asarray(out, np.float64),
+                               performer_reference(q, far, v, w, kv_mask=kv_mask),
+                               rtol=1e-4, atol=1e-5)
+  d_out = jnp.asarray(np.random.default_rng(72).standard_normal(q.shape), jnp.float32)
+  for name, g, e in zip("qkv", vjp(d_out), expected_vjp(d_out)):
+    assert np.all(np.isfinite(np.asarray(g))), name
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(e), err_msg=f"d{name}")
+  assert np.all(np.asarray(vjp(d_out)[1])[:, 5] == 0)  # a masked key gets no gradient
+
+
 def test_rows_per_step_with_a_feature_key_traced_under_jit():
   """A PRNG key traced under jit (a fresh draw per step) runs the stepped
   path and its gradient, and matches the formula with the same draw."""

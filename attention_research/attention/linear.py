@@ -414,5 +414,7 @@ def performer(query, key, value, *, causal=False, kv_mask=None, num_features=256
   real = jnp.ones((s.batch, s.k_len), bool) if kv_mask is None else kv_mask
   k_shift = jnp.max(jnp.where(real[:, None, :, None], lk, -jnp.inf), axis=(2, 3), keepdims=True)
   k_shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(k_shift), k_shift, 0.0))
-  phi_k = _masked_keys(jnp.exp(lk - k_shift), kv_mask)
+  # Masked inside the exp: a padding key far above the real ones would
+  # overflow it, and 0 * inf is NaN in the value or the gradient.
+  phi_k = jnp.exp(jnp.where(real[:, None, :, None], lk - k_shift, -jnp.inf))
   return _causal_weighted_sum(phi_q, phi_k, value, s, chunk).astype(query.dtype)
