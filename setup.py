@@ -1,4 +1,9 @@
-"""attention-research: attention mechanisms and experiments in JAX/Flax."""
+"""attention-research: attention mechanisms and experiments in JAX/Flax.
+
+`install_requires` states the lower bounds: the oldest release of each direct
+dependency the suite passes with (`.ci/lower_bounds` installs exactly these
+and runs it). `requirements.lock` pins the current releases CI installs.
+"""
 
 from setuptools import find_packages, setup
 
@@ -9,22 +14,26 @@ setup(
                 "experiment binaries for ablations and paper tables.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["attention_research", "attention_research.*"]),
     install_requires=[
-        "jax>=0.10.0",
-        "flax>=0.12.0",
-        "optax>=0.2.5",
-        "orbax-checkpoint>=0.11.0",
-        "tensorflow-datasets>=4.9.9",
-        "array-record>=0.8.0",
-        "grain>=0.2.12",
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "tensorflow-datasets>=4.9.10",
+        "array-record>=0.8.6",
+        "grain>=0.2.18",
         "ml-collections>=1.1.0",
-        "absl-py>=2.1.0",
-        "chex>=0.1.90",
-        "matplotlib>=3.9",
-        "tensorboardX>=2.6",
-        "numpy>=1.26",
+        "absl-py>=2.5.1",
+        "chex>=0.1.92",
+        "matplotlib>=3.11.2",
+        "tensorboardX>=2.6.5",
+        "numpy>=2.4.6",
     ],
-    extras_require={"test": ["pytest>=8.0", "pytest-xdist>=3.6"]},
+    extras_require={
+        "test": ["pytest>=9.2.0", "pytest-xdist>=3.8.0"],
+        # To look at the event files: tensorboard --logdir <workdir>.
+        "tensorboard": ["tensorboard>=2.21.0"],
+    },
 )
