@@ -39,6 +39,7 @@ import optax
 import orbax.checkpoint as ocp
 import tensorboardX
 
+from attention_research import attention
 from attention_research import data
 from attention_research import models
 
@@ -53,7 +54,10 @@ RESUMABLE_CHANGES = ("total_steps", "log_every", "eval_every", "checkpoint_every
 
 
 def validate_config(config, num_devices):
-  """Every config error as a ValueError naming the field, before any compile."""
+  """Every config error as a ValueError naming the field, before any compile.
+
+  Returns the models' resolved `Settings`.
+  """
   if config.task not in data.names():
     raise ValueError(f"config.task: unknown task {config.task!r}; allowed: {data.names()}")
   data.vocab_size(config.task, config.task_options.to_dict())  # validates task_options
@@ -64,7 +68,7 @@ def validate_config(config, num_devices):
     raise ValueError(f"config.max_len={config.max_len!r} is shorter than task {config.task!r}'s "
                      f"examples ({longest} tokens with these task_options); allowed: an "
                      f"integer >= {longest}")
-  models.validate_config(config)
+  settings = models.resolve(config)
   kind = data.get_task(config.task).kind
   allowed_models = MODELS_FOR_KIND[kind]
   if config.model not in allowed_models:
@@ -87,6 +91,7 @@ def validate_config(config, num_devices):
   if config.num_eval_batches is not None and config.num_eval_batches < 1:
     raise ValueError(f"config.num_eval_batches must be None (the whole split) or a positive "
                      f"integer, got {config.num_eval_batches!r}")
+  return settings
 
 
 def learning_rate_schedule(config):
@@ -199,13 +204,23 @@ def _train(config, workdir, start_time, result):
   # ---------------------------------------------------------------- config
   # Validate first: a bad field should cost a second, not a compile.
   devices = jax.devices()
-  validate_config(config, len(devices))
+  settings = validate_config(config, len(devices))
   task = data.get_task(config.task)
   task_options = config.task_options.to_dict()
   vocab_size = data.vocab_size(config.task, task_options)
   num_classes = data.num_classes(config.task, task_options)
   is_main = jax.process_index() == 0
   config_path = os.path.join(workdir, "config.json")
+  # A sparse pattern that reaches every key at this length is dense attention
+  # paid at a sparse variant's overhead: legal, but never silently.
+  seen = config.max_len + (settings.pooling == "cls" and settings.model != "decoder")
+  if attention.covers_every_key(settings.attention, seen, causal=settings.model == "decoder",
+                                options=dict(settings.attention_options)):
+    note = (f"attention {settings.attention!r} with options {dict(settings.attention_options)} "
+            f"attends to every key at length {seen}: this run computes dense attention; "
+            f"shorten the pattern's reach (config.attention_options) to make it sparse")
+    logging.warning("%s", note)
+    result["warnings"] = [note]
 
   # ------------------------------------------------------------------ mesh
   # One data axis over every device of every process; the batch is split
@@ -235,7 +250,7 @@ def _train(config, workdir, start_time, result):
             for k, v in batch.items()}
 
   # ------------------------------------------------------- model, optimizer
-  model = models.build(config, vocab_size=vocab_size, num_classes=num_classes)
+  model = models.build(settings, vocab_size=vocab_size, num_classes=num_classes)
   schedule = learning_rate_schedule(config)
   optimizer = make_optimizer(config, schedule)
   root_key = jax.random.key(config.seed)
@@ -251,7 +266,7 @@ def _train(config, workdir, start_time, result):
   abstract_state = jax.eval_shape(init_state)
   state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
   num_params = models.num_params(abstract_state["params"])
-  flops_per_token = models.flops_per_token(config, config.max_len, vocab_size=vocab_size,
+  flops_per_token = models.flops_per_token(settings, config.max_len, vocab_size=vocab_size,
                                            num_classes=num_classes)
   result.update(num_params=num_params, flops_per_token=flops_per_token,
                 num_block_params=models.num_block_params(abstract_state["params"]))
@@ -352,8 +367,8 @@ def _train(config, workdir, start_time, result):
     metrics_file.flush()
     for name, value in record.items():
       is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-      if is_number and math.isfinite(value):
-        writer.add_scalar(f"{prefix}/{name}", value, step)
+      if is_number and math.isfinite(value):  # eval_loss is tagged eval/loss, not eval/eval_loss
+        writer.add_scalar(f"{prefix}/{name.removeprefix(prefix + '_')}", value, step)
     writer.flush()
 
   # Positions the model processes per step, padding included (what the

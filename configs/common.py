@@ -5,6 +5,9 @@ in `--config=configs/tasks/mqar.py:scale=cpu,attention=local`. Fields are
 then overridable one by one with `--config.<field>=<value>`.
 """
 
+import difflib
+import math
+
 from ml_collections import config_dict
 
 
@@ -36,6 +39,40 @@ def one_of(name, value, allowed):
   if value not in allowed:
     raise ValueError(f"config argument {name}={value!r}; allowed: {list(allowed)}")
   return value
+
+
+def attention_options(name, length):
+  """Options that keep a sparse variant sparse at `length` tokens.
+
+  The registry's defaults (a window or stride of 128, BigBird's 8 blocks of
+  64) reach every key of a CPU-scale sequence, which makes the variant dense
+  attention at a sparse variant's cost. These give each query about an
+  eighth of the keys (strided: about 2 sqrt(L); bigbird: blocks of at least
+  2 tokens, a quarter of the keys at 64); other variants keep their defaults.
+  """
+  if name == "local":
+    return {"window": max(1, length // 16)}
+  if name == "strided":
+    return {"stride": max(2, round(math.sqrt(length) / 2))}
+  if name == "bigbird":
+    return {"block_size": max(2, length // 64)}
+  return {}
+
+
+def check_fields(config):
+  """A ValueError naming every top-level field the base config does not have.
+
+  Nested options (task_options, attention_options) are checked against the
+  task and the variant by the trainer, which lists what they take.
+  """
+  allowed = sorted(base_config().keys())
+  unknown = sorted(set(config.keys()) - set(allowed))
+  if unknown:
+    field = unknown[0]
+    close = difflib.get_close_matches(field, allowed, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ValueError(f"unknown config field `{field}`; {hint}allowed fields: "
+                     f"{', '.join(allowed)}")
 
 
 def base_config():

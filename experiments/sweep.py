@@ -6,7 +6,9 @@ The config file has `get_config(arg)` (the base config) and `get_sweep(h)`
 (the grid, built with h.product, h.sweep, h.zipit, h.chainit, h.fixed; or
 `get_sweep(h, config)` to read the base config) and optionally
 `get_tables(config)` (the tables experiments.tables renders).
-`--config.<field>=<value>` overrides apply to every trial. Running the same
+Run it from the repository root. `--config.<field>=<value>` overrides apply
+to every trial; every trial's config is validated before the first one runs,
+and the sweep ends by writing its tables and plots into DIR/tables/. Running the same
 command again skips completed trials and resumes the interrupted one;
 `--num_shards=N --shard_index=i` runs every N-th trial (hosts sharing DIR);
 `--retry_failed` runs failed and diverged trials again; `--dry_run` lists the
@@ -20,21 +22,18 @@ and process 0 decides which trials run, writes the sweep's files and prints.
 
 import importlib.util
 import inspect
-import logging as std_logging
 import os
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
-from ml_collections import config_flags
 
 from attention_research.sweep import grid
 from attention_research.sweep import runner
 from attention_research.sweep import tables as tables_lib
+from experiments import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file, e.g. "
-                                          "configs/sweeps/positional.py:scale=cpu.")
+_CONFIG = cli.define_config_flag("Sweep config file, e.g. configs/sweeps/positional.py:scale=cpu.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (trials/<id>/ per trial).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the trials and their status, and exit.")
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Split the trials N ways...")
@@ -82,26 +81,24 @@ def status_listing(trials, workdir, num_shards, claim_timeout_s):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= std_logging.WARNING or "orbax" not in r.pathname)
-  if _DISTRIBUTED.value:  # before anything touches jax devices
-    jax.distributed.initialize()
-  if _CACHE.value:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  cli.setup(_CACHE.value, _DISTRIBUTED.value)
   runner.check_shard(_NUM_SHARDS.value, _SHARD_INDEX.value)
-  # The flag's file name keeps the ":arg" suffix; the module is the part before.
-  path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
-  sweep_grid, tables = load_sweep(path, _CONFIG.value)
-  trials = runner.make_trials(_CONFIG.value, sweep_grid)
+  config = cli.checked_config(_CONFIG)
+  path = cli.config_path()
+  sweep_grid, tables = load_sweep(path, config)
+  trials = runner.make_trials(config, sweep_grid)
   # A --config.<field> that the grid also sets would be silently overwritten.
-  overridden = set(config_flags.get_override_values(flags.FLAGS["config"]))
+  overridden = set(cli.override_values())
   grid_fields = {f for t in sweep_grid for f in t}
   shadowed = sorted(o for o in overridden for g in grid_fields
                     if o == g or o.startswith(g + ".") or g.startswith(o + "."))
   if shadowed:
-    raise ValueError(f"--config.{shadowed[0]}: the sweep grid sets this field per trial, so "
-                     f"the command-line value would be ignored; edit the sweep config instead")
+    cli.exit_with(f"--config.{shadowed[0]}: the sweep grid sets this field per trial, so the "
+                  f"command-line value would be ignored; edit the sweep config instead")
+  try:  # every trial, before the first runs: a bad grid value should not wait an hour
+    runner.check_trials(trials)
+  except ValueError as e:
+    cli.exit_with(e)
   # Process 0 alone prints: the others' view of the workdir may lag; one copy is enough.
   main_process = jax.process_index() == 0
   if _DRY_RUN.value:
@@ -114,8 +111,11 @@ def main(argv):
   if not main_process:
     return
   print(runner.summary_table(trials, _WORKDIR.value, claim_timeout_s=_CLAIM_TIMEOUT.value))
-  if tables:  # and the tables the sweep config declares
+  if tables:  # and the tables the sweep config declares, printed and written
     print("\n" + tables_lib.render(_WORKDIR.value), end="")
+    out_dir = os.path.join(_WORKDIR.value, "tables")
+    tables_lib.write(_WORKDIR.value, out_dir)
+    print(f"\ntables and plots written to {out_dir}")
 
 
 if __name__ == "__main__":

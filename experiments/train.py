@@ -2,24 +2,21 @@
 
     python -m experiments.train --config=configs/tasks/mqar.py:scale=cpu --workdir=/tmp/mqar
 
-Any config field can be overridden, e.g. `--config.attention=local
+Run it from the repository root. Any config field can be overridden, nested
+options one by one: `--config.attention=local --config.attention_options.window=8
 --config.total_steps=200`. Running the same command again resumes from the
 last checkpoint in --workdir (or, if the run completed, just re-evaluates).
 """
-
-import logging as std_logging
-import os
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
 
 from attention_research import train
+from experiments import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. "
-                                          "configs/tasks/mqar.py:scale=cpu.", lock_config=True)
+_CONFIG = cli.define_config_flag("Config file, e.g. configs/tasks/mqar.py:scale=cpu.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, result.")
 _CACHE = flags.DEFINE_string("jax_cache_dir", "~/.cache/attention_research/jax",
                              "Persistent compilation cache ('' turns it off).")
@@ -29,21 +26,16 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _quiet_orbax(record):
-  """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
-  return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_quiet_orbax)
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
-  if _CACHE.value:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  cli.setup(_CACHE.value, _DISTRIBUTED.value)
+  config = cli.checked_config(_CONFIG)
+  try:  # a config mistake is one line here, before the run writes anything
+    train.validate_config(config, len(jax.devices()))
+  except ValueError as e:
+    cli.exit_with(e)
+  result = train.train_and_evaluate(config, _WORKDIR.value)
   logging.info("result: %s", {k: v for k, v in result.items() if k != "traceback"})
   if result["status"] != "completed":
     raise SystemExit(f"run {result['status']}: {result.get('error', '')}")

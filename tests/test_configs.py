@@ -42,6 +42,29 @@ def test_attention_and_pos_arguments_reach_the_config(name, variant):
 
 
 @pytest.mark.parametrize("name", TASK_CONFIGS)
+@pytest.mark.parametrize("scale", ["cpu", "paper"])
+@pytest.mark.parametrize("variant", [n for n in attention.names() if attention.is_sparse(n)])
+def test_a_sparse_variant_asked_for_by_argument_is_sparse_at_the_config_s_length(
+    name, scale, variant):
+  config = load(name).get_config(f"scale={scale},attention={variant}")
+  causal = config.model == "decoder"
+  length = config.max_len + (config.pooling == "cls" and not causal)
+  pattern = attention.variant(variant).mask(length, length, causal=causal,
+                                            **config.attention_options.to_dict())
+  assert pattern.sum(1).mean() <= 0.5 * length  # at most half the keys, on average
+  train.validate_config(config, num_devices=1)
+
+
+def test_an_unknown_field_is_named_with_its_close_matches():
+  config = load("mqar").get_config("scale=cpu")
+  common.check_fields(config)
+  config.nmu_heads = 4
+  with pytest.raises(ValueError, match=r"unknown config field `nmu_heads`; did you mean "
+                                       r"num_heads.*allowed fields: .*num_kv_heads"):
+    common.check_fields(config)
+
+
+@pytest.mark.parametrize("name", TASK_CONFIGS)
 def test_alibi_is_refused_for_a_variant_without_a_bias(name):
   no_bias = [n for n in attention.names() if "alibi_slopes" not in attention.variant(n).options]
   config = load(name).get_config(f"attention={no_bias[0]},pos=alibi")

@@ -168,6 +168,38 @@ def test_registry_lists_every_family_and_rejects_unknown_names():
     assert spec.exact == (spec.mask is not None)
 
 
+def _uniform(query, key, value, *, causal=False, kv_mask=None, sharpness=0.0):
+  """A throwaway variant: softmax attention on sharpness * q.k, so equal
+  weights over the visible keys at the default 0."""
+  return attention.get("dense")(query * sharpness, key, value, causal=causal, kv_mask=kv_mask)
+
+
+def _uniform_cost(seq_len, *, heads, kv_heads, head_dim, causal, sharpness):
+  del kv_heads, causal, sharpness
+  return 2.0 * heads * head_dim * seq_len  # p.v over every key; no q.k worth counting
+
+
+def test_a_variant_registered_in_one_line_trains_through_the_trainer(tmp_path):
+  from attention_research import data, train  # pylint: disable=g-import-not-at-top
+  from tests.test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  attention.register("uniform_for_test", _uniform, exact=False, cost=_uniform_cost)
+  try:
+    config = tiny_config(tmp_path / "data", attention="uniform_for_test", total_steps=10,
+                         checkpoint_every=10)
+    result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  finally:
+    attention.unregister("uniform_for_test")
+  assert result["status"] == "completed" and np.isfinite(result["final_eval"]["loss"])
+  # Its FLOPs come from its registered cost (2 H D L per query), counted here
+  # by hand: q/k/v/out projections, the MLP, attention, and the output layer.
+  d, mlp, heads, length = config.d_model, config.mlp_dim, config.num_heads, config.max_len
+  vocab = data.vocab_size(config.task, config.task_options)
+  per_token = 2 * d * 3 * d + 2 * d * d + 4 * d * mlp + 2 * heads * (d // heads) * length
+  assert result["flops_per_token"] == pytest.approx(config.num_layers * per_token
+                                                    + 2 * d * vocab)
+  assert "uniform_for_test" not in attention.names()
+
+
 def check_option_path(case, name, mask_fn, **options):
   """`name` with `options` (a non-default code path) against the float64
   reference; `case` is a CASES name or a tuple laid out like CASES' values."""

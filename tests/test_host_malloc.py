@@ -13,12 +13,12 @@ import sys
 
 import pytest
 
-from attention_research import host_malloc
+from attention_research.benchmark import host_malloc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = """
 import ctypes, ctypes.util, resource, sys
-from attention_research import host_malloc
+from attention_research.benchmark import host_malloc
 if sys.argv[1] == "keep":
   assert host_malloc.keep_freed_memory()
 libc = ctypes.CDLL(ctypes.util.find_library("c"))

@@ -210,3 +210,22 @@ def test_memory_is_not_quadratic(name, causal, options, backward):
   one_matrix = 4096 * 4096 * 4  # bytes of one float32 L x L matrix at L = 4096
   assert 0 < small and large <= 2.5 * small, (small, large)
   assert large < one_matrix, (large, one_matrix)
+
+
+def test_sparse_variants_are_known_by_their_cost_and_say_when_they_are_dense():
+  assert [n for n in attention.names() if attention.is_sparse(n)] == ["local", "strided",
+                                                                       "bigbird"]
+  for causal in (False, True):
+    # Up to 4096 tokens the mask decides; past it, the cost (keys per query vs L).
+    assert attention.covers_every_key("local", 64, causal=causal)             # window 128
+    assert not attention.covers_every_key("local", 64, causal=causal, options={"window": 8})
+    assert attention.covers_every_key("local", 5000, causal=causal, options={"window": 5000})
+    assert not attention.covers_every_key("local", 5000, causal=causal)
+    assert attention.covers_every_key("strided", 100, causal=causal)          # stride 128
+    assert not attention.covers_every_key("strided", 100, causal=causal, options={"stride": 5})
+    assert attention.covers_every_key("bigbird", 64, causal=causal)           # 8 blocks of 64
+    assert not attention.covers_every_key("bigbird", 1024, causal=causal)
+    assert not attention.covers_every_key("dense", 64, causal=causal)         # not sparse
+  # One key short of the full pattern is sparse: the mask, not a threshold, decides.
+  assert not attention.covers_every_key("local", 64, causal=False, options={"window": 62})
+  assert attention.covers_every_key("local", 64, causal=False, options={"window": 63})

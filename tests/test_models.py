@@ -308,7 +308,7 @@ def test_small_init_scales_residual_projections_by_depth():
     ("xavier_uniform", np.sqrt(2 / (256 + 128))), ("he_normal", np.sqrt(2 / 256)),
     ("lecun_normal", np.sqrt(1 / 256))])
 def test_named_initialisers_have_their_std_and_no_depth_scaling(name, want_std):
-  init, residual = models.transformer.kernel_inits(models.settings(_config(init=name)))
+  init, residual = models.transformer.kernel_inits(models.resolve(_config(init=name)))
   assert init is residual or init == residual
   sample = init(jax.random.key(0), (256, 128))            # fan_in 256, fan_out 128
   assert float(np.std(sample)) == pytest.approx(want_std, rel=0.05)
@@ -376,17 +376,17 @@ def test_flops_per_token_matches_xla():
 
 
 def test_flops_attention_term_follows_the_variant():
-  s = models.settings(_config(max_len=1024, attention="local", attention_options={"window": 8}))
+  s = models.resolve(_config(max_len=1024, attention="local", attention_options={"window": 8}))
   local = models.attention_flops_per_query(s, 1024, causal=False)
   assert local == 4 * 4 * 8 * 17                       # H D (2 window + 1)
   dense = models.attention_flops_per_query(
-      models.settings(_config(max_len=1024)), 1024, causal=False)
+      models.resolve(_config(max_len=1024)), 1024, causal=False)
   assert dense == 4 * 4 * 8 * 1024
   causal = models.attention_flops_per_query(
-      models.settings(_config(max_len=1024)), 1024, causal=True)
+      models.resolve(_config(max_len=1024)), 1024, causal=True)
   assert causal == 4 * 4 * 8 * 1025 / 2
   linear = models.attention_flops_per_query(
-      models.settings(_config(max_len=1024, attention="linear")), 1024, causal=False)
+      models.resolve(_config(max_len=1024, attention="linear")), 1024, causal=False)
   assert linear == 2 * 8 * 8 * (4 + 2) + 2 * 8 * 4   # F = D = 8, no L in it
 
 
@@ -448,7 +448,7 @@ def test_missing_fields_and_build_arguments():
   # Optional fields fall back to models.DEFAULTS.
   minimal = ml_collections.ConfigDict(dict(model="decoder", num_layers=1, d_model=8, num_heads=2,
                                            mlp_dim=16, max_len=4))
-  s = models.settings(minimal)
+  s = models.resolve(minimal)
   assert (s.attention, s.pos, s.num_kv_heads, s.head_dim, s.max_position) == (
       models.DEFAULTS["attention"], models.DEFAULTS["pos"], 2, 4, 4)
 

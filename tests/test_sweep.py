@@ -62,6 +62,9 @@ def test_trial_ids_are_stable_and_order_independent():
   assert h.trial_name(overrides) == "attention=local,num_heads=8,task_options.seq_len=128"
   assert h.trial_name({"learning_rate": 0.001}) == "learning_rate=0.001"
   assert h.trial_name({}) == "(base)"
+  # A whole dict (a task's options, say) would make the name as long as the dict.
+  assert h.trial_name({"task": "order", "task_options": {"seq_len": 64, "num_markers": 2}}) == (
+      "task=order,task_options={…}")
 
 
 STABLE_ID = "78f9c43ef5"
@@ -169,6 +172,16 @@ def write_event(workdir, time_ns, host, pid, number, **record):
     json.dump(record, f)
 
 
+def test_every_trial_is_validated_before_the_first_runs(tmp_path):
+  del tmp_path
+  trials = runner.make_trials(tiny_sweep.get_config(),
+                              h.sweep("num_heads", [2, 3]))  # d_model 32 is not a multiple of 3
+  runner.check_trials(trials[:1], num_devices=1)
+  with pytest.raises(ValueError, match=r"trial 2 \(num_heads=3\): config.d_model \(32\) must "
+                                       r"be divisible by config.num_heads \(3\)"):
+    runner.check_trials(trials, num_devices=1)
+
+
 def test_events_are_files_read_in_time_order_and_deaths_are_open_starts(tmp_path):
   workdir = str(tmp_path)
   # 999 < 1000 as numbers but not as text: the order must be the time's.
@@ -248,6 +261,10 @@ def test_killed_sweep_reruns_to_every_trial_completed_once(tmp_path):
   finished = ends(workdir)
   assert sorted(tid for tid, _ in finished) == sorted(t["id"] for t in trials)  # once each
   assert "| completed |" in rerun.stdout and "| diverged |" in rerun.stdout
+  # The sweep ends with the tables its config declares, written into the workdir.
+  written = sorted(os.listdir(workdir / "tables"))
+  assert written == ["accuracy.md", "accuracy_0.png"], written
+  assert "| 1 |" in (workdir / "tables" / "accuracy.md").read_text()
   resumed = [runner.read_result(str(workdir), t["id"]).get("resumed_from_step") for t in trials]
   assert any(step and step >= 10 for step in resumed), resumed  # resumed, not restarted
 

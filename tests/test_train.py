@@ -56,6 +56,19 @@ def read_scalars(workdir):
   return scalars
 
 
+def test_a_sparse_pattern_reaching_every_key_is_reported(tmp_path):
+  # local's default window (128) covers all 24 tokens: dense attention, said once.
+  config = tiny_config(tmp_path / "data", attention="local", total_steps=5, checkpoint_every=5)
+  result = train.train_and_evaluate(config, str(tmp_path / "dense"))
+  assert result["status"] == "completed"
+  assert len(result["warnings"]) == 1 and "attends to every key at length 24" in (
+      result["warnings"][0])
+  assert json.load(open(tmp_path / "dense" / "result.json"))["warnings"] == result["warnings"]
+  config.attention_options = {"window": 4}
+  result = train.train_and_evaluate(config, str(tmp_path / "sparse"))
+  assert result["status"] == "completed" and "warnings" not in result
+
+
 def test_schedules_match_their_formulas():
   c = tiny_config("/unused", learning_rate=2.0, warmup_steps=10, total_steps=110)
   for name, expected in [
@@ -100,8 +113,10 @@ def test_training_learns_and_writes_its_records(tmp_path):
   scalars = read_scalars(workdir)
   for r in train_records:
     assert scalars[("train/loss", r["step"])] == pytest.approx(r["loss"], rel=1e-6)
-  assert scalars[("eval/eval_accuracy", 60)] == pytest.approx(
+  assert scalars[("eval/accuracy", 60)] == pytest.approx(
       result["final_eval"]["accuracy"], rel=1e-6)
+  # One prefix per tag: eval/loss, never eval/eval_loss.
+  assert not [tag for tag, _ in scalars if tag.startswith("eval/eval_")]
 
 
 def test_bfloat16_training_tracks_float32(tmp_path):

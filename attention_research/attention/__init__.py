@@ -4,7 +4,7 @@
     fn = attention.get("blockwise")
     out = fn(query, key, value, causal=True, block_q=256)
 
-All variants share one contract (see DESIGN.md and `common.check_inputs`):
+All variants share one contract (see docs/design.md and `common.check_inputs`):
 query [B, Lq, H, D], key/value [B, Lk, Hkv, D], `causal`, `kv_mask` bool
 [B, Lk]; output [B, Lq, H, D] in the query's dtype, zeros for rows with no key.
 
@@ -14,10 +14,15 @@ or not; blockwise and local build it tile by tile, never as Lq x Lk);
 `alibi_slopes(H)` gives the paper's slopes, and `"alibi_slopes" in
 variant(name).options` says whether a variant takes them.
 
-Adding a variant: write one file with the function, add one `register(...)`
-line below; the conformance tests, benchmark and models then pick it up by
-name. An exact variant also names its mask function (q_len, k_len, causal=,
-**options) -> NumPy bool [Lq, Lk], which the tests check it against.
+Adding a variant: write one file with the function and its cost, add one
+`register(...)` line below; the conformance tests, the benchmark, the models
+and the trainer then pick it up by name. An exact variant also names its mask
+function (q_len, k_len, causal=, **options) -> NumPy bool [Lq, Lk], which the
+tests check it against. The cost is a function (seq_len, *, heads, kv_heads,
+head_dim, causal, **options) -> forward FLOPs per query token of
+self-attention, called with every option resolved (`Variant.flops_per_query`);
+the models' FLOP counts and the benchmark read it. Nothing outside this
+package names a variant.
 """
 
 import dataclasses
@@ -44,17 +49,46 @@ class Variant:
   exact: bool                      # equals softmax attention under `mask`
   mask: Optional[Callable]         # (q_len, k_len, *, causal, **options) -> bool [Lq, Lk]
   options: dict                    # option name -> default
+  cost: Callable                   # (seq_len, *, heads, kv_heads, head_dim, causal, **options)
+
+  def resolved_options(self, options=None) -> dict:
+    """The defaults overridden by `options`; an unknown option is a ValueError."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(self.options))
+    if unknown:
+      raise ValueError(f"attention {self.name!r} does not take option(s) {unknown}; it takes "
+                       f"{sorted(self.options)}")
+    return {**self.options, **options}
+
+  def flops_per_query(self, seq_len, *, heads, kv_heads, head_dim, causal, options=None):
+    """Forward FLOPs of the attention op per query token of self-attention
+    over seq_len tokens (2 per multiply-accumulate), from the registered cost."""
+    return float(self.cost(seq_len, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                           causal=causal, **self.resolved_options(options)))
 
 
 _REGISTRY: dict[str, Variant] = {}
 
 
-def register(name, fn, *, exact, mask=None):
-  """Adds `fn` under `name`; returns it wrapped so unknown options are a ValueError."""
+def register(name, fn, *, exact, cost, mask=None):
+  """Adds `fn` under `name`; returns it wrapped so unknown options are a ValueError.
+
+  Args:
+    name: what configs, sweeps and tables call it.
+    fn: the attention function (the contract above).
+    exact: True if it equals softmax attention under `mask`.
+    cost: (seq_len, *, heads, kv_heads, head_dim, causal, **options) ->
+      forward FLOPs per query token; receives every option of `fn`.
+    mask: an exact variant's pattern (q_len, k_len, *, causal, **options) ->
+      NumPy bool [Lq, Lk].
+  """
   if name in _REGISTRY:
     raise ValueError(f"attention variant {name!r} is already registered")
   if exact and mask is None:
     raise ValueError(f"exact attention variant {name!r} needs a mask function")
+  if not callable(cost):
+    raise ValueError(f"attention variant {name!r}: `cost` must be a function of the shapes "
+                     f"and options, got {cost!r}")
   params = inspect.signature(fn).parameters
   options = {p.name: p.default for p in params.values()
              if p.kind == p.KEYWORD_ONLY and p.name not in _CONTRACT_KEYWORDS}
@@ -72,8 +106,14 @@ def register(name, fn, *, exact, mask=None):
                        f"computation, so it cannot be traced), got {causal!r}")
     return fn(query, key, value, **kwargs)
 
-  _REGISTRY[name] = Variant(name, checked, exact, mask, options)
+  _REGISTRY[name] = Variant(name, checked, exact, mask, options, cost)
   return checked
+
+
+def unregister(name):
+  """Removes a variant (for tests that register a throwaway one)."""
+  variant(name)
+  del _REGISTRY[name]
 
 
 def names() -> list[str]:
@@ -91,6 +131,35 @@ def variant(name) -> Variant:
 def get(name) -> Callable:
   """The attention function registered under `name`."""
   return variant(name).fn
+
+
+_LONG = 1 << 20  # a length at which every sparse pattern skips most keys
+
+
+def is_sparse(name) -> bool:
+  """True for an exact variant that skips keys: at a long length its cost is
+  below dense attention's."""
+  v = variant(name)
+  if not v.exact:
+    return False
+  sizes = dict(heads=1, kv_heads=1, head_dim=1, causal=False)
+  return v.flops_per_query(_LONG, **sizes) < _dense.flops_per_query(_LONG, **sizes)
+
+
+def covers_every_key(name, seq_len, *, causal, options=None) -> bool:
+  """True when sparse variant `name` attends to every key at this length, so it
+  computes dense attention (at a sparse variant's overhead). Exact from the
+  mask up to 4096 tokens, from the cost beyond."""
+  if not is_sparse(name):
+    return False
+  v = variant(name)
+  options = v.resolved_options(options)
+  if seq_len <= 4096:
+    pattern = v.mask(seq_len, seq_len, causal=causal, **options)
+    return bool((pattern == masks.full_mask(seq_len, seq_len, causal=causal)).all())
+  sizes = dict(heads=1, kv_heads=1, head_dim=1, causal=causal)
+  return (v.flops_per_query(seq_len, options=options, **sizes)
+          >= _dense.flops_per_query(seq_len, **sizes))
 
 
 def _dense_mask(q_len, k_len, *, causal=False, mask=None, alibi_slopes=None):
@@ -117,14 +186,17 @@ def _ignoring_alibi(mask_fn):
 
 # The functions are reached through get(name); module attributes named after
 # variants stay the submodules (dense.py, blockwise.py, ...).
-register("dense", _dense.dense, exact=True, mask=_dense_mask)
-register("blockwise", _blockwise.blockwise, exact=True,
+register("dense", _dense.dense, exact=True, mask=_dense_mask, cost=_dense.flops_per_query)
+register("blockwise", _blockwise.blockwise, exact=True, cost=_dense.flops_per_query,
          mask=lambda q_len, k_len, *, causal=False, **_: masks.full_mask(q_len, k_len, causal=causal))
-register("local", _sparse.local, exact=True, mask=_ignoring_alibi(masks.local_mask))
-register("strided", _sparse.strided, exact=True, mask=masks.strided_mask)
-register("bigbird", _sparse.bigbird, exact=True, mask=masks.bigbird_mask)
-register("linear", _linear.linear, exact=False)
-register("performer", _linear.performer, exact=False)
+register("local", _sparse.local, exact=True, mask=_ignoring_alibi(masks.local_mask),
+         cost=_sparse.local_flops_per_query)
+register("strided", _sparse.strided, exact=True, mask=masks.strided_mask,
+         cost=_sparse.strided_flops_per_query)
+register("bigbird", _sparse.bigbird, exact=True, mask=masks.bigbird_mask,
+         cost=_sparse.bigbird_flops_per_query)
+register("linear", _linear.linear, exact=False, cost=_linear.linear_flops_per_query)
+register("performer", _linear.performer, exact=False, cost=_linear.performer_flops_per_query)
 
 local_mask = masks.local_mask
 strided_mask = masks.strided_mask

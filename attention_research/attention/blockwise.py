@@ -31,21 +31,20 @@ def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=None, bl
     block_q, block_k: the forward pass's block sizes (clipped to the
       lengths). block_q None: blocks of at most 2048 query rows when heads
       run one at a time (the CPU default), or 1024 under `causal`, whose
-      diagonal tiles are partly wasted work that grows with the block (at
-      4096 on CPU these are about 10% faster than 512; README, benchmark
-      section); at most 512 when all heads share a step, whose tile is heads
-      times larger. The rows are split evenly over as few blocks as that
-      allows (rounded up to a multiple of 8), so padding stays under 8 rows a
-      block: 2049 rows run as two blocks of 1032.
+      diagonal tiles are partly wasted work that grows with the block (both
+      beat 512 on CPU: docs/benchmarks/README.md, blockwise); at most 512
+      when all heads share a step, whose tile is heads times larger. The
+      rows are split evenly over as few blocks as that allows (rounded up to
+      a multiple of 8), so padding stays under 8 rows a block: 2049 rows run
+      as two blocks of 1032.
     bwd_block_q, bwd_block_k: the backward pass's block sizes. It keeps four
-      [bwd_block_q, bwd_block_k] tiles live a step (logits, P, dP, dS); with
-      2048 x 512 blocks in both passes a 4096 fwd+bwd on CPU was about 20%
-      slower than with 512 x 512 (Xeon), and 512 x 256 was about 15% faster
-      than 512 x 512 (EPYC; README, benchmark section).
+      [bwd_block_q, bwd_block_k] tiles live a step (logits, P, dP, dS), so
+      its tiles are smaller than the forward's to stay in cache (measured on
+      two CPUs: docs/benchmarks/README.md, blockwise).
     sequential_heads: process one query head at a time (a loop over heads)
       instead of all heads in each block step. None: True on CPU, where a
-      block's tiles then stay in L2 and run about 1.5x faster; False
-      elsewhere, where the heads are parallel work.
+      block's tiles then stay in L2 (docs/benchmarks/README.md, blockwise);
+      False elsewhere, where the heads are parallel work.
     alibi_slopes: None (no bias) or float [H], one slope per query head: the
       logit of query i, key j in head h gets -alibi_slopes[h] * |i - j|
       (ALiBi), positions top-left aligned (i in [0, Lq), j in [0, Lk)). Under

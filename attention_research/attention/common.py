@@ -190,3 +190,13 @@ def finalize(p: Partials, dtype):
 
 def default_scale(head_dim: int) -> float:
   return float(head_dim) ** -0.5
+
+
+def softmax_flops_per_query(keys, seq_len, heads, head_dim) -> float:
+  """Forward FLOPs of exact attention for one query that sees `keys` keys.
+
+  q.k and p.v cost 2 D FLOPs each per key and head (2 FLOPs per
+  multiply-accumulate), so 4 H D per key, for at most seq_len keys. Padding
+  inside gathered blocks and the elementwise softmax are not counted.
+  """
+  return float(4 * heads * head_dim * min(keys, seq_len))

@@ -60,3 +60,12 @@ def dense(query, key, value, *, causal=False, kv_mask=None, mask=None, alibi_slo
                    preferred_element_type=jnp.float32)
   out = common.finalize(common.Partials(m, p.sum(-1), acc), query.dtype)
   return out.transpose(0, 3, 1, 2, 4).reshape(s.batch, s.q_len, s.heads, s.head_dim)
+
+
+def flops_per_query(seq_len, *, heads, kv_heads, head_dim, causal, **options) -> float:
+  """Forward FLOPs per query token of softmax attention over every key
+  (blockwise computes the same ones): L keys, (L + 1) / 2 on average when
+  causal. The cost `register` records for `dense` and `blockwise`."""
+  del kv_heads, options
+  keys = (seq_len + 1) / 2 if causal else seq_len
+  return common.softmax_flops_per_query(keys, seq_len, heads, head_dim)

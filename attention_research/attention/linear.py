@@ -65,10 +65,10 @@ def _divide_by_last_column(num):
   The weights are >= 0, so the denominator is 0 only when every weight is 0
   (no key): such a row is defined as zeros. A custom VJP because autodiff's
   gradient of the denominator is a sum over D that XLA:CPU fuses into a
-  reduction 10x slower than the equivalent einsum (77 of 420 ms of
-  non-causal linear's forward+backward at L = 16384, before that path got
-  the VJP below, which calls _divide_fwd and _divide_bwd itself). Like every
-  custom VJP, it rules out forward-mode autodiff (jvp, jacfwd).
+  reduction far slower than the equivalent einsum (docs/benchmarks/README.md,
+  linear). The non-causal path has its own VJP below, which calls
+  _divide_fwd and _divide_bwd itself. Like every custom VJP, it rules out
+  forward-mode autodiff (jvp, jacfwd).
   """
   return _divide_fwd(num)[0]
 
@@ -148,9 +148,8 @@ def linear(query, key, value, *, causal=False, kv_mask=None, feature_map="elu", 
     rows_per_step: non-causal only: keys, then queries, are taken this many
       rows a step (None: all in one step), with a custom VJP that recomputes
       each step's features, so no temporary is L-sized. Tuned for CPU, where
-      glibc maps every buffer of 32 MiB or more afresh on each call: 1.5x
-      faster forward+backward than one step at L = 16384 (223 against 335
-      ms; README, benchmarks). Unmeasured on accelerators.
+      glibc maps every large buffer afresh on each call and page-faults it
+      again (docs/benchmarks/README.md, linear). Unmeasured on accelerators.
   """
   s = common.check_inputs("linear", query, key, value, kv_mask)
   common.one_of("linear", "feature_map", feature_map, tuple(_FEATURE_MAPS))
@@ -163,6 +162,23 @@ def linear(query, key, value, *, causal=False, kv_mask=None, feature_map="elu", 
   phi_q = phi(_grouped(query, s))
   phi_k = _masked_keys(phi(_keys(key)), kv_mask)
   return _causal_weighted_sum(phi_q, phi_k, value, s, chunk).astype(query.dtype)
+
+
+def _kernel_flops_per_query(seq_len, heads, kv_heads, head_dim, features, causal, chunk_size):
+  """State and numerator 2 F D (H + Hkv), denominator 2 F H; causal adds the
+  in-chunk quadratic form 2 H c (F + D), c = min(chunk_size, L)."""
+  flops = 2 * features * head_dim * (heads + kv_heads) + 2 * features * heads
+  if causal:
+    flops += 2 * heads * min(chunk_size, seq_len) * (features + head_dim)
+  return float(flops)
+
+
+def linear_flops_per_query(seq_len, *, heads, kv_heads, head_dim, causal, chunk_size,
+                           **options) -> float:
+  """Forward FLOPs per query token, paid per token, not per key: F = D features."""
+  del options
+  return _kernel_flops_per_query(seq_len, heads, kv_heads, head_dim, head_dim, causal,
+                                 chunk_size)
 
 
 # ---------------------------------------------------------------------------
@@ -398,9 +414,9 @@ def performer(query, key, value, *, causal=False, kv_mask=None, num_features=256
     chunk_size: chunk length of the causal prefix sums.
     rows_per_step: non-causal only: keys, then queries, this many rows a step
       (None: all in one step), as in `linear`, with the same hand-written
-      VJP; the key shift is found as the steps go. At L = 16384 the one-shot
-      form held 834 MiB of temporaries, which glibc maps afresh on each call
-      on CPU (README, benchmark section).
+      VJP; the key shift is found as the steps go. The one-shot form's
+      L-sized temporaries are mapped afresh on each call on CPU
+      (docs/benchmarks/README.md, performer).
   """
   s = common.check_inputs("performer", query, key, value, kv_mask)
   chunk = common.positive_int("performer", "chunk_size", chunk_size)
@@ -418,3 +434,13 @@ def performer(query, key, value, *, causal=False, kv_mask=None, num_features=256
   # overflow it, and 0 * inf is NaN in the value or the gradient.
   phi_k = jnp.exp(jnp.where(real[:, None, :, None], lk - k_shift, -jnp.inf))
   return _causal_weighted_sum(phi_q, phi_k, value, s, chunk).astype(query.dtype)
+
+
+def performer_flops_per_query(seq_len, *, heads, kv_heads, head_dim, causal, num_features,
+                              chunk_size, **options) -> float:
+  """Forward FLOPs per query token: linear's with F = num_features, plus the
+  feature projection 2 D F (H + Hkv)."""
+  del options
+  projection = 2 * head_dim * num_features * (heads + kv_heads)
+  return projection + _kernel_flops_per_query(seq_len, heads, kv_heads, head_dim, num_features,
+                                              causal, chunk_size)

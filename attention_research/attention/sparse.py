@@ -117,9 +117,8 @@ def local(query, key, value, *, causal=False, kv_mask=None, window=128, block_si
     rows_per_step: a longer query is computed in steps of at most this many
       rows (whole blocks, at least one, balanced across the steps), one after another, each
       recomputed in the backward pass, so a step's logits stay in cache
-      instead of the whole sequence's going to memory and back: on the 2-core
-      development VM this made fwd+bwd at L = 16384 (window 256) 1.4x faster
-      and its temporary memory 4.5x smaller. None: all rows in one step.
+      instead of the whole sequence's going to memory and back
+      (docs/benchmarks/README.md, local). None: all rows in one step.
   """
   s = common.check_inputs("local", query, key, value, kv_mask)
   slopes = common.check_alibi_slopes("local", alibi_slopes, s.heads)
@@ -183,6 +182,14 @@ def _local_steps(query, key, value, kv_mask, s, *, block, reach, causal, allowed
   return out[:, :s.q_len]
 
 
+def local_flops_per_query(seq_len, *, heads, kv_heads, head_dim, causal, window,
+                          **options) -> float:
+  """Forward FLOPs per query token: 2 window + 1 keys (window + 1 causal)."""
+  del kv_heads, options
+  keys = window + 1 if causal else 2 * window + 1
+  return common.softmax_flops_per_query(keys, seq_len, heads, head_dim)
+
+
 def strided(query, key, value, *, causal=False, kv_mask=None, stride=128):
   """Exact Sparse Transformer strided attention (see `masks.strided_allowed`).
 
@@ -233,6 +240,18 @@ def strided(query, key, value, *, causal=False, kv_mask=None, stride=128):
   return _output(common.merge(band_partials, column_partials), s, query.dtype)
 
 
+def strided_flops_per_query(seq_len, *, heads, kv_heads, head_dim, causal, stride,
+                            **options) -> float:
+  """Forward FLOPs per query token: 2 stride - 1 + L / stride keys
+  (stride + L / (2 stride) causal)."""
+  del kv_heads, options
+  if causal:
+    keys = stride + seq_len / (2 * stride)
+  else:
+    keys = 2 * stride - 1 + seq_len / stride
+  return common.softmax_flops_per_query(keys, seq_len, heads, head_dim)
+
+
 def bigbird(query, key, value, *, causal=False, kv_mask=None, block_size=64,
             num_window_blocks=3, num_global_blocks=2, num_random_blocks=3, seed=0):
   """Exact BigBird block-sparse attention (Zaheer et al. 2020, BigBird-ITC).
@@ -269,3 +288,14 @@ def bigbird(query, key, value, *, causal=False, kv_mask=None, block_size=64,
     rest_shapes = s._replace(q_len=s.q_len - g_rows)
     outs.append(_output(partials, rest_shapes, query.dtype))
   return jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
+
+
+def bigbird_flops_per_query(seq_len, *, heads, kv_heads, head_dim, causal, block_size,
+                            num_window_blocks, num_global_blocks, num_random_blocks,
+                            **options) -> float:
+  """Forward FLOPs per query token: block_size x (window + global + random
+  blocks) keys; causal keeps (window + 1) / 2 of the window blocks."""
+  del kv_heads, options
+  window = (num_window_blocks + 1) / 2 if causal else num_window_blocks
+  keys = block_size * (window + num_global_blocks + num_random_blocks)
+  return common.softmax_flops_per_query(keys, seq_len, heads, head_dim)

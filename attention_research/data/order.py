@@ -2,7 +2,7 @@
 
 Self-attention without positional encodings is permutation-equivariant, so a
 pooled encoder sees a bag of tokens (Vaswani et al. 2017, section 3.5; the
-"I love you" / "you love me" claim in DESIGN.md). This task makes that
+"I love you" / "you love me" claim in docs/design.md). This task makes that
 measurable: each sequence holds `num_markers` distinct marker tokens, once
 each, among random filler tokens, and the label is which marker comes first.
 Both classes (all k classes) have the same token multisets: swapping the

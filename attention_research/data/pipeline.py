@@ -28,7 +28,8 @@ import math
 import grain
 import numpy as np
 
-from attention_research import data as tasks
+from attention_research.data import prepare as prepare_lib
+from attention_research.data import registry
 
 # Grain's default reads 500 elements ahead on 16 threads; our elements are whole
 # batches, so a few threads and a short queue keep memory and startup small.
@@ -102,7 +103,7 @@ def _padding_batch(kind, max_len, size) -> dict:
 
 
 def _source(name, options, data_dir, split):
-  b = tasks.prepare(name, options, data_dir)
+  b = prepare_lib.prepare(name, options, data_dir)
   sources = b.as_data_source()
   if split not in sources:
     raise ValueError(f"task {name!r} has no split {split!r}; splits: {sorted(sources)}")
@@ -118,7 +119,7 @@ def train_iterator(name, options, *, data_dir, global_batch_size, max_len, seed,
   does not divide). The returned Grain iterator has get_state()/set_state().
   `read_options` (grain.ReadOptions) tunes reading threads and prefetching.
   """
-  kind = tasks.get_task(name).kind
+  kind = registry.get_task(name).kind
   max_len = _positive_int("max_len", max_len)
   index, count = _process(process_index, process_count)
   per_process = _per_process_batch(global_batch_size, count)
@@ -167,7 +168,7 @@ def eval_batches(name, options, *, data_dir, global_batch_size, max_len, split="
   global_batch_size // process_count rows; rows past the split's end are
   zeros with example_mask False. Iterating again gives the same batches.
   """
-  kind = tasks.get_task(name).kind
+  kind = registry.get_task(name).kind
   max_len = _positive_int("max_len", max_len)
   index, count = _process(process_index, process_count)
   per_process = _per_process_batch(global_batch_size, count)

@@ -11,8 +11,8 @@
   head on [u, v, u*v, u-v].
 - `Decoder`: a causal language model with optional tied embeddings.
 
-All of them take a resolved `Settings` (see `attention_research.models`,
-which builds it from a config), so one hashable object carries every
+All of them take a resolved `Settings` (`models.resolve(config)` builds it,
+in `config.py`), so one hashable object carries every
 architecture choice. Embedding conventions: the learned tables (tokens and
 learned positions) start at normal(0.02) and their sum is multiplied by
 sqrt(d_model), as Vaswani et al. Sec. 3.4 do for the token embedding, so it is
@@ -44,10 +44,10 @@ EMBED_INIT = nn.initializers.normal(0.02)
 class Settings:
   """Every architecture choice, resolved (no None sizes) and hashable.
 
-  `attention_research.models.settings(config)` makes one from a config, with
-  the defaults of `models.DEFAULTS`; there are none here, so they live in one
-  place.
+  `models.resolve(config)` makes one from a config, with the defaults of
+  `models.DEFAULTS`; there are none here, so they live in one place.
   """
+  model: str                          # a name in MODELS
   num_layers: int
   d_model: int
   num_heads: int

@@ -64,13 +64,19 @@ def trial_id(overrides):
 
 
 def trial_name(overrides):
-  """'field=value,...' in sorted field order; '(base)' for no overrides."""
+  """'field=value,...' in sorted field order; '(base)' for no overrides.
+
+  A dict value (a whole task_options, say) shows as {…}: it would make the
+  name as long as the dict, and the trial's id tells such trials apart.
+  """
   if not overrides:
     return "(base)"
   return ",".join(f"{k}={_short(v)}" for k, v in sorted(overrides.items()))
 
 
 def _short(value):
+  if isinstance(value, dict):
+    return "{…}"
   return f"{value:g}" if isinstance(value, float) else str(value)
 
 

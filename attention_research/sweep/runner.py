@@ -92,6 +92,16 @@ def make_trials(base_config, grid):
   return trials
 
 
+def check_trials(trials, num_devices=None):
+  """Validates every trial's config as the trainer will (ValueError naming the trial)."""
+  num_devices = len(jax.devices()) if num_devices is None else num_devices
+  for index, _, name, _, config in trials:
+    try:
+      train.validate_config(config, num_devices)
+    except ValueError as e:
+      raise ValueError(f"trial {index + 1} ({name}): {e}") from None
+
+
 def _set_field(config, field, value, overrides):
   *parents, last = field.split(".")
   node = config

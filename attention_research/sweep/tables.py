@@ -57,20 +57,22 @@ Plots (Agg backend, no display needed) skip trials without a completed
 result. "line" plots the mean y at each x per series (a non-numeric x, e.g.
 positional encoding names, is spaced evenly in first-appearance order).
 "loglog_slope" draws log-log axes and fits log y = a + b log x by least
-squares per series over every point, with "slope b" in the legend: the
-exponent of time or memory in sequence length (2 for dense attention's
-L x L, 1 for the efficient variants), the check of the O(L^2) claim. A plot's
+squares per series over every point (`tabulate.loglog_fit`, the benchmark's
+fit too), with "slope b" in the legend: the exponent of time or memory in
+sequence length (2 for dense attention's L x L, 1 for the efficient
+variants), the check of the O(L^2) claim. A plot's
 x may also be a ratio of two fields ("d_model/num_layers": the aspect ratio
 of Kaplan et al. 2020, Fig. 5) or, when no trial overrides it, a result.json
 path ("num_params").
 """
 
-import csv
-import io
 import json
+import math
 import os
 
 import numpy as np
+
+from attention_research import tabulate
 
 FORMATS = {"markdown": "md", "latex": "tex", "csv": "csv"}
 PLOT_KINDS = ("line", "loglog_slope")
@@ -417,58 +419,35 @@ def format_table(table, fmt):
 
 
 def _markdown(table):
-  def line(cells):
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
   lines = [f"**{table['name']}**" + (f": {table['caption']}" if table["caption"] else ""), "",
-           line(table["header"]),
-           "|" + "|".join([":---"] + ["---:"] * (len(table["header"]) - 1)) + "|"]
-  lines += [line(row) for row in table["rows"]]
+           tabulate.markdown_table(table["header"], table["rows"],
+                                   align="l" + "r" * (len(table["header"]) - 1))]
   if table["note"]:
     lines += ["", f"*{table['note']}*"]
   return "\n".join(lines)
-
-
-_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                   "^": r"\textasciicircum{}"}
-
-
-def _tex(text):
-  return "".join(_LATEX_SPECIALS.get(c, c) for c in text)
 
 
 def _latex(table):
   ours, total = table["num_ours"], len(table["header"])
   # A rule between our columns and the paper's keeps the two apart at a glance.
   columns = "l" + "r" * (ours - 1) + ("|" + "r" * (total - ours) if total > ours else "")
-  caption = _tex(table["caption"]) + (" " + _tex(table["note"]) if table["note"] else "")
-  lines = ["% needs \\usepackage{booktabs}",
-           r"\begin{table}[t]", r"\centering",
-           rf"\caption{{{caption}}}", rf"\label{{tab:{_tex(table['name'])}}}",
-           rf"\begin{{tabular}}{{{columns}}}", r"\toprule",
-           " & ".join(_tex(c) for c in table["header"]) + r" \\", r"\midrule"]
-  lines += [" & ".join(_tex(c) for c in row) + r" \\" for row in table["rows"]]
-  lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-  return "\n".join(lines)
+  tex = tabulate.latex_escape
+  caption = tex(table["caption"]) + (" " + tex(table["note"]) if table["note"] else "")
+  return "\n".join(["% needs \\usepackage{booktabs}",
+                    r"\begin{table}[t]", r"\centering",
+                    rf"\caption{{{caption}}}", rf"\label{{tab:{tex(table['name'])}}}",
+                    tabulate.latex_tabular(table["header"], table["rows"], columns),
+                    r"\end{table}"])
 
 
 def _csv(table):
-  out = io.StringIO()
-  writer = csv.writer(out, lineterminator="\n")
-  writer.writerow(table["header"])
-  writer.writerows(table["rows"])
-  return out.getvalue().rstrip("\n")
+  return tabulate.csv_table(table["header"], table["rows"])
 
 
 # --------------------------------------------------------------------- plots
 
-def loglog_slope(xs, ys):
-  """(a, b) of the least-squares fit log y = a + b log x (natural logs)."""
-  lx, ly = np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float))
-  if len(lx) < 2 or np.ptp(lx) == 0:
-    raise ValueError(f"loglog_slope needs at least two distinct x values, got {list(xs)}")
-  b, a = np.polyfit(lx, ly, 1)
-  return float(a), float(b)
+# The fit of the "loglog_slope" plots, by the name this module has always given it.
+loglog_slope = tabulate.loglog_fit
 
 
 def _x_parts(x):
@@ -608,10 +587,10 @@ def _draw_loglog(ax, label, pts):
     return
   xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
   name = f"{label}: " if label else ""
-  if len(set(xs)) < 2:
+  a, b = tabulate.loglog_fit(xs, ys)
+  if math.isnan(b):  # one distinct x
     ax.plot(xs, ys, "o", label=f"{name}slope n/a (one x)")
     return
-  a, b = loglog_slope(xs, ys)
   line = ax.plot(xs, ys, "o", label=f"{name}slope {b:.2f}")[0]
   grid = np.geomspace(xs.min(), xs.max(), 50)
   ax.plot(grid, np.exp(a) * grid ** b, "--", color=line.get_color(), alpha=0.6)

@@ -17,6 +17,8 @@ Command:
   python -m experiments.sweep --config=configs/sweeps/depth_vs_width.py:scale=cpu \\
       --workdir=runs/depth_vs_width
   python -m experiments.tables --workdir=runs/depth_vs_width --out_dir=docs/results/depth_vs_width
+  (the sweep writes its tables and plots into <workdir>/tables/; the tables line
+  refreshes the recorded results in docs/results/)
 Runtime (scale=cpu): 561 s for the 5 trials on 2 CPU cores (measured 2026-11-28).
 Expected (measured; docs/results/depth_vs_width/): loss rises with depth, from 2.68
   at (2, 128) to 4.38 at (32, 32) (accuracy 0.220 to 0.073); at batch 64

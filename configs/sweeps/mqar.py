@@ -10,6 +10,8 @@ key-value pairs, d_model 64 and 128, 2 layers, 600 steps; `local` gets a
 Command:
   python -m experiments.sweep --config=configs/sweeps/mqar.py:scale=cpu --workdir=runs/mqar_sweep
   python -m experiments.tables --workdir=runs/mqar_sweep --out_dir=docs/results/mqar
+  (the sweep writes its tables and plots into <workdir>/tables/; the tables line
+  refreshes the recorded results in docs/results/)
 Runtime (scale=cpu): 881 s for the 8 trials on 2 CPU cores (measured 2026-11-27).
 Expected (measured; docs/results/mqar/): query accuracy at d_model 64 / 128: dense
   0.999 / 1.000, local 0.184 / 0.188, linear 0.258 / 0.306, performer 0.317 / 0.307.

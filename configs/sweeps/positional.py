@@ -1,6 +1,6 @@
 """Positional encodings: none, sinusoidal, learned, RoPE, ALiBi, on order and copy.
 
-The claim (DESIGN.md): without positional information attention cannot tell
+The claim (docs/design.md): without positional information attention cannot tell
 "I love you" from "you love me". `order` has identical token multisets in
 both classes, so a model without positions must sit at chance (0.5); `copy`
 needs position to know which payload token comes next.
@@ -8,6 +8,8 @@ needs position to know which payload token comes next.
 Command:
   python -m experiments.sweep --config=configs/sweeps/positional.py:scale=cpu --workdir=runs/positional
   python -m experiments.tables --workdir=runs/positional --out_dir=docs/results/positional
+  (the sweep writes its tables and plots into <workdir>/tables/; the tables line
+  refreshes the recorded results in docs/results/)
 Runtime (scale=cpu): 347 s for the 10 trials on 2 CPU cores (measured 2026-11-27).
 Expected (measured; docs/results/positional/): order: pos=none 0.491 and alibi 0.499
   (chance: symmetric ALiBi cannot tell left from right), sinusoidal 0.998, learned 0.986,

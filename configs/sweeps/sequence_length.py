@@ -23,6 +23,8 @@ Command:
       --workdir=runs/sequence_length
   python -m experiments.tables --workdir=runs/sequence_length \\
       --out_dir=docs/results/sequence_length
+  (the sweep writes its tables and plots into <workdir>/tables/; the tables line
+  refreshes the recorded results in docs/results/)
 Runtime (scale=cpu): 872 s for the 28 trials on 2 CPU cores (measured 2026-11-28).
 Expected (measured; docs/results/sequence_length/): step time grows as L^2.1 for dense,
   L^1.7 for blockwise and L^0.8-1.25 for the others; at 2048 tokens dense takes 7.3 s

@@ -17,6 +17,8 @@ Command:
   python -m experiments.sweep --config=configs/sweeps/stability.py:scale=cpu \\
       --workdir=runs/stability
   python -m experiments.tables --workdir=runs/stability --out_dir=docs/results/stability
+  (the sweep writes its tables and plots into <workdir>/tables/; the tables line
+  refreshes the recorded results in docs/results/)
 Runtime (scale=cpu): 730 s for the 32 trials on 2 CPU cores (measured 2026-11-28).
 Expected (measured; docs/results/stability/): pre-LN solves copy (accuracy 1.000) in
   all 16 settings; post-LN with xavier init stalls at chance (0.074) at lr 1e-2

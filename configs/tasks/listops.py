@@ -48,4 +48,5 @@ def get_config(arg=None):
     c.learning_rate, c.weight_decay = 5e-2 / 512 ** 0.5, 0.1
     c.schedule = "rsqrt"
     c.log_every, c.eval_every, c.checkpoint_every = 100, 1000, 1000
+  c.attention_options = common.attention_options(c.attention, c.max_len)
   return c

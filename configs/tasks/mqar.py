@@ -43,4 +43,5 @@ def get_config(arg=None):
     c.batch_size, c.total_steps, c.warmup_steps = 256, 25_000, 1000
     c.learning_rate, c.weight_decay = 1e-3, 0.1
     c.log_every, c.eval_every, c.checkpoint_every = 100, 2500, 2500
+  c.attention_options = common.attention_options(c.attention, c.max_len)
   return c

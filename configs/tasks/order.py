@@ -43,4 +43,5 @@ def get_config(arg=None):
     c.max_len = 1024
     c.num_layers, c.d_model, c.num_heads, c.mlp_dim = 4, 256, 8, 1024
     c.batch_size, c.total_steps, c.warmup_steps = 128, 10_000, 1000
+  c.attention_options = common.attention_options(c.attention, c.max_len)
   return c

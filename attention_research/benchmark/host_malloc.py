@@ -5,10 +5,8 @@ frees them when the call ends. glibc serves a block above its mmap threshold
 (at most 32 MiB) with a fresh mmap and unmaps it on free, and a thread's
 arena returns the pages of a freed heap, so every call pays a page fault per
 4 KiB of such buffers while smaller ones are reused from the heap for free.
-That makes long sequences pay a cost that short ones do not: on the
-development VM a 32 MiB elementwise op took 12 ms against 0.5 ms for a 4 MiB
-one (24x for 8x the data), and linear attention's fwd+bwd at L = 16384 took
-404 ms against 255 ms with the setting below (back-to-back runs).
+That makes long sequences pay a cost that short ones do not (the figures
+are in docs/benchmarks/README.md, under keep_freed_memory).
 
 `keep_freed_memory()` sets one arena, no mmap for large blocks and no
 trimming, so freed blocks stay in the process and are reused. Call it before
