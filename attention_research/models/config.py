@@ -1,7 +1,7 @@
 """From a config to a model: validation, the resolved `Settings`, construction.
 
-    s = config.resolve(cfg)          # ValueError naming the field, before any compile
-    model = config.build(s, vocab_size=256, num_classes=2)
+    s = models.resolve(config)        # ValueError naming the field, before any compile
+    model = models.build(s, vocab_size=256, num_classes=2)
 
 The config is flat (an ml_collections.ConfigDict or a dict; the trainer passes
 its whole config, so other fields are left alone). `REQUIRED` fields must be
@@ -46,7 +46,6 @@ CHOICES = {
     "compute_dtype": tuple(transformer.DTYPES),
 }
 _OPTION_TYPES = (bool, int, float, str, type(None), np.integer, np.floating)
-
 
 
 def _get(config, field):
