@@ -21,8 +21,8 @@ function (q_len, k_len, causal=, **options) -> NumPy bool [Lq, Lk], which the
 tests check it against. The cost is a function (seq_len, *, heads, kv_heads,
 head_dim, causal, **options) -> forward FLOPs per query token of
 self-attention, called with every option resolved (`Variant.flops_per_query`);
-the models' FLOP counts and the benchmark read it. Nothing outside this
-package names a variant.
+the models' FLOP counts and the benchmark read it. No other module keeps a
+table of variants or branches on their names.
 """
 
 import dataclasses
