@@ -213,7 +213,7 @@ def _train(config, workdir, start_time, result):
   config_path = os.path.join(workdir, "config.json")
   # A sparse pattern that reaches every key at this length is dense attention
   # paid at a sparse variant's overhead: legal, but never silently.
-  seen = config.max_len + (settings.pooling == "cls" and settings.model != "decoder")
+  seen = models.encoded_length(settings.model, settings.pooling, config.max_len)
   if attention.covers_every_key(settings.attention, seen, causal=settings.model == "decoder",
                                 options=dict(settings.attention_options)):
     note = (f"attention {settings.attention!r} with options {dict(settings.attention_options)} "

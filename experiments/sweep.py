@@ -111,10 +111,12 @@ def main(argv):
   if not main_process:
     return
   print(runner.summary_table(trials, _WORKDIR.value, claim_timeout_s=_CLAIM_TIMEOUT.value))
-  if tables:  # and the tables the sweep config declares, printed and written
-    print("\n" + tables_lib.render(_WORKDIR.value), end="")
+  if tables:  # and the tables the sweep config declares, written once, then printed
     out_dir = os.path.join(_WORKDIR.value, "tables")
-    tables_lib.write(_WORKDIR.value, out_dir)
+    for path in tables_lib.write(_WORKDIR.value, out_dir):
+      if path.endswith(".md"):
+        with open(path) as f:
+          print("\n" + f.read(), end="")
     print(f"\ntables and plots written to {out_dir}")
 
 

@@ -264,7 +264,8 @@ def test_killed_sweep_reruns_to_every_trial_completed_once(tmp_path):
   # The sweep ends with the tables its config declares, written into the workdir.
   written = sorted(os.listdir(workdir / "tables"))
   assert written == ["accuracy.md", "accuracy_0.png"], written
-  assert "| 1 |" in (workdir / "tables" / "accuracy.md").read_text()
+  table = (workdir / "tables" / "accuracy.md").read_text()
+  assert "| 1 |" in table and table in rerun.stdout  # printed as written
   resumed = [runner.read_result(str(workdir), t["id"]).get("resumed_from_step") for t in trials]
   assert any(step and step >= 10 for step in resumed), resumed  # resumed, not restarted
 

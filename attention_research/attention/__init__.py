@@ -56,7 +56,7 @@ class Variant:
     options = dict(options or {})
     unknown = sorted(set(options) - set(self.options))
     if unknown:
-      raise ValueError(f"attention {self.name!r} does not take option(s) {unknown}; it takes "
+      raise ValueError(f"attention {self.name!r} does not take {unknown}; it takes "
                        f"{sorted(self.options)}")
     return {**self.options, **options}
 

@@ -19,6 +19,7 @@ from attention_research.models.accounting import num_params
 from attention_research.models.config import build
 from attention_research.models.config import CHOICES
 from attention_research.models.config import DEFAULTS
+from attention_research.models.config import encoded_length
 from attention_research.models.config import POSITIONS
 from attention_research.models.config import REQUIRED
 from attention_research.models.config import resolve

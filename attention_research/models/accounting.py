@@ -53,7 +53,7 @@ def flops_per_token(config_or_settings, seq_len, *, vocab_size, num_classes=None
   s = config_lib.as_settings(config_or_settings)
   vocab_size, num_classes = config_lib.check_sizes(s.model, vocab_size, num_classes)
   causal = s.model == "decoder"
-  seen = seq_len + (s.pooling == "cls" and not causal)
+  seen = config_lib.encoded_length(s.model, s.pooling, seq_len)
   d, qkv = s.d_model, s.head_dim * (s.num_heads + 2 * s.num_kv_heads)
   per_token = (2 * d * qkv + 2 * s.num_heads * s.head_dim * d + 4 * d * s.mlp_dim
                + attention_flops_per_query(s, seen, causal=causal))

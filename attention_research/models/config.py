@@ -48,6 +48,12 @@ CHOICES = {
 _OPTION_TYPES = (bool, int, float, str, type(None), np.integer, np.floating)
 
 
+def encoded_length(model, pooling, seq_len) -> int:
+  """Tokens the encoder sees: one more than the data has when CLS pooling
+  prepends one (never in the decoder)."""
+  return seq_len + (pooling == "cls" and model != "decoder")
+
+
 def _get(config, field):
   if field in REQUIRED:
     if field not in config:
@@ -76,11 +82,10 @@ def _attention_options(config, name):
     options = options.to_dict()
   if not isinstance(options, dict):
     raise ValueError(f"config.attention_options must be a dict, got {type(options).__name__}")
-  takes = sorted(attention.variant(name).options)
-  unknown = sorted(set(options) - set(takes))
-  if unknown:
-    raise ValueError(f"config.attention_options: attention {name!r} does not take {unknown}; "
-                     f"it takes {takes}")
+  try:
+    attention.variant(name).resolved_options(options)
+  except ValueError as e:
+    raise ValueError(f"config.attention_options: {e}") from None
   if "alibi_slopes" in options:
     raise ValueError("config.attention_options: set config.pos='alibi' instead of passing "
                      "`alibi_slopes`")
@@ -105,8 +110,7 @@ def resolve(config) -> transformer.Settings:
   options = _attention_options(config, name)
   sizes = {f: _positive_int(f, _get(config, f)) for f in REQUIRED if f != "model"}
   kv_heads, head_dim = _head_sizes(config, sizes["d_model"], sizes["num_heads"])
-  # The encoder sees one more token than the data has when CLS pooling prepends one.
-  length = sizes["max_len"] + (_get(config, "pooling") == "cls" and model != "decoder")
+  length = encoded_length(model, _get(config, "pooling"), sizes["max_len"])
   max_position = _check_positions(config, name, head_dim, length, sizes["max_len"])
   tie = _get(config, "tie_embeddings")
   if not isinstance(tie, bool) or (tie and model != "decoder"):
