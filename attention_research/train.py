@@ -11,14 +11,20 @@ What lands in `workdir`:
   config.json        the config this run used
   metrics.jsonl      one JSON object per logged step (and one per eval)
   events.out.*       TensorBoard event files (written without TensorFlow)
-  checkpoints/       orbax checkpoints: train state + data iterator + clock
-  result.json        on exit: status completed | diverged | failed, final eval,
-                     parameter count, FLOPs per token, wall time, ...
+  checkpoints/       orbax checkpoints: train state + data iterator + clock +
+                     digests (checkpoints.py); checkpoints/corrupt/ holds any
+                     that failed to read or verify
+  result.json        on exit: status completed | diverged | preempted | failed,
+                     final eval, parameter count, FLOPs per token, wall time, ...
 
-A killed run resumes from its last complete checkpoint when started again
-with the same workdir; on CPU it then ends with bit-identical eval metrics
-(the data iterator, the step counter and hence every dropout key are part of
-the checkpoint).
+A killed run resumes from its newest checkpoint that reads and verifies when
+started again with the same workdir; on CPU it then ends with bit-identical
+eval metrics (the data iterator, the step counter and hence every dropout key
+are part of the checkpoint). SIGTERM or SIGINT (preemption.py) finishes the
+current step, checkpoints it and records status "preempted": nothing is lost.
+A run refused before training (a config error, a workdir that holds another
+config's run) writes nothing; rerunning a completed run with the same config
+returns its result untouched.
 """
 
 import datetime
@@ -36,12 +42,13 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tensorboardX
 
 from attention_research import attention
+from attention_research import checkpoints
 from attention_research import data
 from attention_research import models
+from attention_research import preemption
 
 SCHEDULES = ("cosine", "rsqrt", "constant")
 # Which models fit which task kind (no generated task is a pair task yet, so
@@ -159,6 +166,17 @@ def _truncate_metrics(path, last_step):
   os.replace(path + ".tmp", path)
 
 
+def _first_non_finite(fetched, step):
+  """The step of the first non-finite loss among `fetched` (the steps up to `step`), or None."""
+  bad = [i for i, m in enumerate(fetched) if not math.isfinite(float(m["loss"]))]
+  if not bad:
+    return None
+  diverged_step = step - len(fetched) + bad[0] + 1
+  logging.error("loss is %s at step %d: stopping (diverged)", fetched[bad[0]]["loss"],
+                diverged_step)
+  return diverged_step
+
+
 def config_changes(config, saved_path, ignore=()):
   """Fields (outside `ignore`) where `config` differs from the saved config.json."""
   if not os.path.exists(saved_path):
@@ -170,29 +188,67 @@ def config_changes(config, saved_path, ignore=()):
                 if k not in ignore and saved.get(k) != current.get(k))
 
 
-def _check_unchanged(config, saved_path):
-  """A checkpoint is resumed only under the config that wrote it."""
+def read_result(workdir):
+  """The workdir's result.json as a dict, or None if there is none."""
+  try:
+    with open(os.path.join(workdir, "result.json")) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+
+
+def _has_checkpoint(workdir):
+  directory = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
+def check_workdir(config, workdir):
+  """A run is resumed or rerun only under the config that wrote it (ValueError otherwise).
+
+  Only RESUMABLE_CHANGES may differ. A workdir without a checkpoint or a
+  result (a fresh one, or one whose run failed before its first checkpoint)
+  takes any config.
+  """
+  previous = read_result(workdir)
+  if not _has_checkpoint(workdir) and (previous is None or previous["status"] == "failed"):
+    return
+  saved_path = os.path.join(workdir, "config.json")
   changed = config_changes(config, saved_path, RESUMABLE_CHANGES)
   if changed:
     raise ValueError(
-        f"the workdir holds a checkpoint of a run with a different config: fields {changed} "
-        f"differ from {saved_path}; use a new --workdir (only {list(RESUMABLE_CHANGES)} may "
-        f"change when resuming)")
+        f"the workdir holds a run with a different config: fields {changed} differ from "
+        f"{saved_path}; use a new --workdir (only {list(RESUMABLE_CHANGES)} may change when "
+        f"resuming)")
 
 
 def train_and_evaluate(config, workdir):
-  """Trains and evaluates the model `config` describes; returns result.json's dict."""
+  """Trains and evaluates the model `config` describes; returns result.json's dict.
+
+  A failure once training has begun is recorded in result.json (status
+  "failed", the error and its traceback) and re-raised. A failure before, in
+  a workdir that already holds a result.json, leaves that result as it is.
+  """
   start_time = time.time()
+  # Refusals first: they write nothing, so a fresh workdir is never created
+  # and a finished result is never overwritten by one.
+  settings = validate_config(config, len(jax.devices()))
+  check_workdir(config, workdir)
+  previous = read_result(workdir)
+  if (previous is not None and previous["status"] == "completed"
+      and not config_changes(config, os.path.join(workdir, "config.json"))):
+    logging.info("%s holds a completed run of this config: its result is kept", workdir)
+    return previous
   os.makedirs(workdir, exist_ok=True)
   result_path = os.path.join(workdir, "result.json")
   is_main = jax.process_index() == 0
   result = {"status": "failed", "workdir": workdir}
+  life = {"training": False}  # set once the loop starts
   try:
-    result = _train(config, workdir, start_time, result)
+    result = _train(config, settings, workdir, start_time, result, life)
   except Exception as e:  # recorded, then re-raised: a failed trial is never lost
     result.update(status="failed", error=f"{type(e).__name__}: {e}",
                   traceback=traceback.format_exc(), wall_time_s=time.time() - start_time)
-    if is_main:
+    if is_main and (life["training"] or previous is None):
       _write_json(result_path, result)
     raise
   if is_main:
@@ -200,11 +256,20 @@ def train_and_evaluate(config, workdir):
   return result
 
 
-def _train(config, workdir, start_time, result):
+def _speeds(metrics_path, own):
+  """Steps/s of every logged window of the run so far (metrics.jsonl holds the earlier
+  lives' windows, on process 0); `own`, this life's, where there is no such file."""
+  if not os.path.exists(metrics_path):
+    return own
+  with open(metrics_path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r["steps_per_s"] for r in records if "steps_per_s" in r]
+
+
+def _train(config, settings, workdir, start_time, result, life):
   # ---------------------------------------------------------------- config
-  # Validate first: a bad field should cost a second, not a compile.
+  # Validated by the caller, before any file was written.
   devices = jax.devices()
-  settings = validate_config(config, len(devices))
   task = data.get_task(config.task)
   task_options = config.task_options.to_dict()
   vocab_size = data.vocab_size(config.task, task_options)
@@ -312,27 +377,24 @@ def _train(config, workdir, start_time, result):
     return metrics
 
   # ------------------------------------------------------------ checkpoint
-  # Restore if a complete checkpoint exists; orbax writes each one to a
-  # temporary directory and renames it when complete, so a kill during a
-  # save leaves the previous one as the latest.
-  manager = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
-                                           cleanup_tmp_directories=True,
-                                           enable_async_checkpointing=False),
-      item_names=("state", "progress"))
+  # Restore the newest checkpoint that reads and matches its digests; any
+  # that does not is moved to checkpoints/corrupt/ and an older one tried.
+  manager = checkpoints.open_manager(os.path.join(workdir, "checkpoints"),
+                                     config.keep_checkpoints)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   previous_wall_time = 0.0
-  if manager.latest_step() is not None:
-    _check_unchanged(config, config_path)
-    restored_step = manager.latest_step()
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract_state, state_sharding)
-    restored = manager.restore(restored_step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
-    state = restored["state"]
-    train_iter.set_state(restored["progress"]["data_iterator"])
-    previous_wall_time = restored["progress"]["wall_time_s"]
+  pending = []  # device metrics since the last log; fetched together
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract_state, state_sharding)
+  found = checkpoints.restore_latest(manager, abstract)
+  if found is not None:
+    restored_step, state, progress = found
+    train_iter.set_state(progress["data_iterator"])
+    previous_wall_time = progress["wall_time_s"]
+    # A pre-empted run saved mid-window: its steps' metrics join the window
+    # again, so the resumed run logs what an uninterrupted one would.
+    pending = [{k: np.float32(v) for k, v in m.items()}
+               for m in progress.get("pending_metrics", [])]
     logging.info("resumed from the checkpoint at step %d", restored_step)
   else:
     state = jax.jit(init_state, out_shardings=state_sharding)()
@@ -347,13 +409,11 @@ def _train(config, workdir, start_time, result):
   step_memory = train_step.memory_analysis()
   result.update(train_step_temp_bytes=getattr(step_memory, "temp_size_in_bytes", None))
 
-  def save_checkpoint(step):
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        progress=ocp.args.JsonSave({
-            "data_iterator": train_iter.get_state(),
-            "wall_time_s": previous_wall_time + time.time() - start_time})))
-    manager.wait_until_finished()
+  def save_checkpoint(step, unlogged):
+    checkpoints.save(manager, step, state, {
+        "data_iterator": train_iter.get_state(),
+        "wall_time_s": previous_wall_time + time.time() - start_time,
+        "pending_metrics": [{k: float(v) for k, v in m.items()} for m in unlogged]})
 
   # ------------------------------------------------------------------ loop
   # purge_step hides the events a killed run wrote past its last checkpoint.
@@ -374,62 +434,80 @@ def _train(config, workdir, start_time, result):
   # Positions the model processes per step, padding included (what the
   # hardware does; a dual encoder reads two sequences per example).
   tokens_per_step = example["inputs"].size // len(example["example_mask"]) * config.batch_size
-  pending = []  # device metrics since the last log; fetched together
   speeds = []   # steps/s of each log window, for the result's median
   last_log_time, last_log_step = time.time(), first_step
-  diverged_step = None
+  diverged_step = preempted_step = None
+  life["training"] = True
   logging.info("training from step %d to %d", first_step, config.total_steps)
-  for step in range(first_step + 1, config.total_steps + 1):
-    state, metrics = train_step(state, to_global(next(train_iter)))
-    pending.append(metrics)
+  with preemption.watch() as preemption_requested:
+    for step in range(first_step + 1, config.total_steps + 1):
+      state, metrics = train_step(state, to_global(next(train_iter)))
+      pending.append(metrics)
 
-    checkpoint_due = step % config.checkpoint_every == 0 or step == config.total_steps
-    # Always log (and so check for NaN) before a checkpoint: a diverged state
-    # is never saved, and resumed runs log the same windows.
-    if step % config.log_every == 0 or checkpoint_due:
-      fetched = jax.device_get(pending)
-      bad = [i for i, m in enumerate(fetched) if not math.isfinite(float(m["loss"]))]
-      if bad:
-        diverged_step = step - len(fetched) + bad[0] + 1
-        logging.error("loss is %s at step %d: stopping (diverged)",
-                      fetched[bad[0]]["loss"], diverged_step)
+      checkpoint_due = step % config.checkpoint_every == 0 or step == config.total_steps
+      log_due = step % config.log_every == 0 or checkpoint_due
+      # Every step before a checkpoint is checked for NaN (a diverged state is
+      # never saved); a scheduled checkpoint always follows a log, so resumed
+      # runs log the same windows.
+      if log_due:
+        fetched = jax.device_get(pending)
+        diverged_step = _first_non_finite(fetched, step)
+        if diverged_step is not None:
+          break
+        now = time.time()
+        steps_per_s = (step - last_log_step) / max(now - last_log_time, 1e-9)
+        record = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "accuracy")}
+        record.update(grad_norm=float(fetched[-1]["grad_norm"]),
+                      learning_rate=float(fetched[-1]["learning_rate"]),
+                      steps_per_s=steps_per_s, tokens_per_s=steps_per_s * tokens_per_step)
+        log(step, record, "train")
+        speeds.append(steps_per_s)
+        eta = (config.total_steps - step) / max(steps_per_s, 1e-9)
+        logging.info("step %d/%d: loss %.4f, acc %.4f, %.2f steps/s, %.0f tokens/s, ETA %s",
+                     step, config.total_steps, record["loss"], record["accuracy"], steps_per_s,
+                     record["tokens_per_s"], datetime.timedelta(seconds=round(eta)))
+        pending, last_log_time, last_log_step = [], now, step
+
+      if step % config.eval_every == 0 and step != config.total_steps:
+        eval_metrics = evaluate(state["params"])
+        log(step, {f"eval_{k}": v for k, v in eval_metrics.items()}, "eval")
+        logging.info("step %d eval: loss %.4f, accuracy %.4f", step, eval_metrics["loss"],
+                     eval_metrics["accuracy"])
+        last_log_time = time.time()  # evals do not count against steps/s
+
+      preempted = preemption_requested(step, synced=log_due)
+      if preempted and pending:  # mid-window: checked for NaN, then carried in the checkpoint
+        pending = jax.device_get(pending)
+        diverged_step = _first_non_finite(pending, step)
+        if diverged_step is not None:
+          break
+      if checkpoint_due or preempted:
+        save_checkpoint(step, pending)
+        last_log_time = time.time()
+      if preempted:
+        preempted_step = step
+        logging.warning("pre-empted: stopped after the checkpoint of step %d; run the same "
+                        "command again to resume there", step)
         break
-      now = time.time()
-      steps_per_s = (step - last_log_step) / max(now - last_log_time, 1e-9)
-      record = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "accuracy")}
-      record.update(grad_norm=float(fetched[-1]["grad_norm"]),
-                    learning_rate=float(fetched[-1]["learning_rate"]),
-                    steps_per_s=steps_per_s, tokens_per_s=steps_per_s * tokens_per_step)
-      log(step, record, "train")
-      speeds.append(steps_per_s)
-      eta = (config.total_steps - step) / max(steps_per_s, 1e-9)
-      logging.info("step %d/%d: loss %.4f, acc %.4f, %.2f steps/s, %.0f tokens/s, ETA %s",
-                   step, config.total_steps, record["loss"], record["accuracy"], steps_per_s,
-                   record["tokens_per_s"], datetime.timedelta(seconds=round(eta)))
-      pending, last_log_time, last_log_step = [], now, step
-
-    if step % config.eval_every == 0 and step != config.total_steps:
-      eval_metrics = evaluate(state["params"])
-      log(step, {f"eval_{k}": v for k, v in eval_metrics.items()}, "eval")
-      logging.info("step %d eval: loss %.4f, accuracy %.4f", step, eval_metrics["loss"],
-                   eval_metrics["accuracy"])
-      last_log_time = time.time()  # evals do not count against steps/s
-
-    if checkpoint_due:
-      save_checkpoint(step)
-      last_log_time = time.time()
 
   # ----------------------------------------------------------------- final
   wall_time = previous_wall_time + time.time() - start_time
-  # The first window includes warm-up; the median shrugs it off. None when
-  # this process logged no window (it resumed at the last step).
+  # Every logged window of the run, earlier lives' too (a resumed or rerun run
+  # keeps its numbers); the first window of each life includes its warm-up,
+  # and the median shrugs that off.
+  speeds = _speeds(metrics_path, speeds) if is_main else speeds
   median_speed = float(np.median(speeds)) if speeds else None
   result.update(train_steps_per_s=median_speed,
                 train_step_time_s=median_speed and 1.0 / median_speed,
-                train_tokens_per_s=median_speed and median_speed * tokens_per_step)
+                train_tokens_per_s=median_speed and median_speed * tokens_per_step,
+                num_devices=len(devices), resumed_from_step=first_step or None)
   if diverged_step is not None:
     result.update(status="diverged", diverged_step=diverged_step, wall_time_s=wall_time,
                   final_eval=None, error=f"non-finite loss at step {diverged_step}")
+  elif preempted_step is not None:
+    result.update(status="preempted", step=preempted_step, wall_time_s=wall_time,
+                  final_eval=None, error=f"pre-empted after the checkpoint of step "
+                  f"{preempted_step}; rerun to resume")
   else:
     final_eval = evaluate(state["params"])
     log(config.total_steps, {f"eval_{k}": v for k, v in final_eval.items()} | {"final": True},
@@ -437,8 +515,7 @@ def _train(config, workdir, start_time, result):
     logging.info("final eval: loss %.4f, accuracy %.4f", final_eval["loss"],
                  final_eval["accuracy"])
     result.update(status="completed", final_eval=final_eval, steps=config.total_steps,
-                  num_devices=len(devices),
-                  wall_time_s=wall_time, resumed_from_step=first_step or None)
+                  wall_time_s=wall_time)
   manager.close()
   if is_main:
     metrics_file.close()

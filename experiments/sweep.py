@@ -18,16 +18,20 @@ outlives its last heartbeat. Two copies of one command share the trials: each
 runs only those it claims. On a pod slice, run the same command with
 `--distributed` on every host: each trial is one multi-process training run,
 and process 0 decides which trials run, writes the sweep's files and prints.
+SIGTERM or Ctrl-C checkpoints the running trial and ends the sweep with exit
+code 75 (pre-empted); the same command resumes it.
 """
 
 import importlib.util
 import inspect
 import os
+import sys
 
 from absl import app
 from absl import flags
 import jax
 
+from attention_research import preemption
 from attention_research.sweep import grid
 from attention_research.sweep import runner
 from attention_research.sweep import tables as tables_lib
@@ -105,9 +109,15 @@ def main(argv):
     if main_process:
       print(status_listing(trials, _WORKDIR.value, _NUM_SHARDS.value, _CLAIM_TIMEOUT.value))
     return
-  runner.run(trials, _WORKDIR.value, num_shards=_NUM_SHARDS.value,
-             shard_index=_SHARD_INDEX.value, retry_failed=_RETRY.value, config_path=path,
-             tables=tables, claim_timeout_s=_CLAIM_TIMEOUT.value)
+  try:  # a refused rerun (another grid, a trial's changed config) is one line
+    statuses = runner.run(trials, _WORKDIR.value, num_shards=_NUM_SHARDS.value,
+                          shard_index=_SHARD_INDEX.value, retry_failed=_RETRY.value,
+                          config_path=path, tables=tables, claim_timeout_s=_CLAIM_TIMEOUT.value)
+  except ValueError as e:
+    cli.exit_with(e)
+  if runner.PREEMPTED in statuses.values():  # the same code as the trainer's
+    print("sweep preempted: run the same command again to resume", file=sys.stderr)
+    raise SystemExit(preemption.EXIT_CODE)
   if not main_process:
     return
   print(runner.summary_table(trials, _WORKDIR.value, claim_timeout_s=_CLAIM_TIMEOUT.value))

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from attention_research.sweep import claims
+from attention_research import claims
 from attention_research.sweep import grid as h
 from attention_research.sweep import runner
 from tests.fixtures import tiny_sweep
@@ -197,7 +197,7 @@ def test_events_are_files_read_in_time_order_and_deaths_are_open_starts(tmp_path
   with open(os.path.join(workdir, "events.jsonl"), "w") as f:
     f.write(json.dumps({"event": "start", "id": "d"}) + "\n" + '{"event": "st')
   write_event(workdir, 2000, "h", 9, 3, event="start", id="d")
-  assert [runner._deaths(workdir, t) for t in "abcde"] == [1, 1, 0, 2, 0]
+  assert [runner._deaths(workdir, t)[0] for t in "abcde"] == [1, 1, 0, 2, 0]
   assert [(e["id"], e["event"]) for e in runner.read_events(workdir)] == [
       ("d", "start"), ("b", "start"), ("b", "end"), ("b", "start"), ("a", "end"),
       ("a", "start"), ("c", "start"), ("c", "end"), ("d", "start")]

@@ -19,7 +19,12 @@ Layout of a sweep's workdir:
 Running the same command again skips completed trials and resumes an
 interrupted one from its checkpoint (the trainer does that), so no trial runs
 twice to completion and none is lost. A failed or diverged trial keeps its
-result.json (status and reason) and is skipped until `retry_failed`. Shards
+result.json (status and reason) and is skipped until `retry_failed`. A
+pre-empted trial (SIGTERM or SIGINT: the trainer checkpoints and records
+status "preempted") is unfinished, never failed: the runner stops there, and
+the next run resumes it. A trial whose process dies (SIGKILL, the OOM killer)
+is resumed too; it is given up as failed only after MAX_DEATHS deaths in a
+row that each left no new checkpoint. Shards
 (`num_shards`, `shard_index`) take every N-th trial, so several hosts can
 share one workdir.
 
@@ -51,14 +56,17 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from attention_research import train
-from attention_research.sweep import claims
+from attention_research import claims
 from attention_research.sweep import grid as grid_lib
 
 DONE = "completed"
 UNSUCCESSFUL = ("failed", "diverged")
-# A trial whose process died this many times without a result (killed by the
-# OOM killer, say) is recorded as failed instead of being resumed forever.
+# A trial whose process died this many times in a row without a result and
+# without a new checkpoint (killed by the OOM killer at its first step, say)
+# is recorded as failed instead of being resumed forever. A death after a new
+# checkpoint (a spot VM reclaimed without notice) resets the count.
 MAX_DEATHS = 2
+PREEMPTED = "preempted"
 # Fields a finished trial's config may differ in and still count as done.
 BOOKKEEPING = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "data_dir")
 CLAIM = "claim.json"
@@ -130,8 +138,9 @@ def read_result(workdir, tid):
 
 
 def trial_status(workdir, tid, claim_timeout_s=None):
-  """'completed', 'failed', 'diverged' (its result), 'running' (no result, a live claim),
-  'interrupted' (started, no result, no live claim) or 'pending'."""
+  """'completed', 'failed', 'diverged' (its result), 'running' (unfinished, a live claim),
+  'preempted' (its result; no live claim), 'interrupted' (started, no result, no live
+  claim) or 'pending'."""
   status = _progress(workdir, tid)
   if status in (DONE, *UNSUCCESSFUL):
     return status
@@ -210,13 +219,32 @@ def read_events(workdir):
   return events
 
 
+def _latest_checkpoint(workdir, tid):
+  """The step of the trial's newest complete checkpoint, 0 if none (orbax names each
+  finished one by its step; temporary and corrupt ones have other names)."""
+  directory = os.path.join(trial_dir(workdir, tid), "checkpoints")
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return max((int(n) for n in names if n.isdigit()), default=0)
+
+
 def _deaths(workdir, tid):
-  """Starts of this trial that no end followed: its process died mid-trial."""
-  open_starts = 0
+  """(deaths in a row without progress, the steps each life made) for this trial.
+
+  A life is a start that no end followed: its process died mid-trial. The
+  steps it made are the newest checkpoint's step at the next start (or now)
+  less that at its own start; None where a start did not record it (an older
+  runner's), which counts as no progress.
+  """
+  starts = []
   for event in read_events(workdir):
-    if event["id"] == tid:
-      open_starts = open_starts + 1 if event["event"] == "start" else 0
-  return open_starts
+    if event["id"] == tid and event["event"] in ("start", "end"):
+      starts = starts + [event] if event["event"] == "start" else []
+  marks = [e.get("checkpoint_step") for e in starts] + [_latest_checkpoint(workdir, tid)]
+  made = [None if a is None or b is None else b - a for a, b in zip(marks, marks[1:])]
+  stuck = 0
+  for steps in made:
+    stuck = 0 if steps is not None and steps > 0 else stuck + 1
+  return stuck, made
 
 
 # ------------------------------------------------------------------ trials
@@ -321,7 +349,11 @@ def _plan(trials, mine, workdir, retry_failed, config_path, tables):
                  for index, tid, name, overrides, _ in trials]})
   plan = []
   for index, tid, name, _, config in mine:
-    _check_same_config(workdir, tid, name, config)
+    try:
+      _check_same_config(workdir, tid, name, config)
+    except ValueError as e:  # nothing of the trial's is touched; the events say why
+      _event(workdir, event="refused", id=tid, error=str(e))
+      raise
     status = _progress(workdir, tid)
     if _finished(status, retry_failed):
       logging.info("trial %d/%d %s: %s already, skipped", index + 1, len(trials), name, status)
@@ -359,7 +391,8 @@ def _claim_and_start(claim, trial, workdir, num_trials, retry_failed, last_attem
       _set_aside(workdir, tid)
     _write_json(os.path.join(trial_dir(workdir, tid), "trial.json"),
                 {"index": index, "id": tid, "name": name, "overrides": overrides})
-    _event(workdir, event="start", id=tid, shard=shard_index)
+    _event(workdir, event="start", id=tid, shard=shard_index,
+           checkpoint_step=_latest_checkpoint(workdir, tid))
   return action
 
 
@@ -372,9 +405,11 @@ def _decide(workdir, trial, num_trials, retry_failed, last_attempt):
   """
   index, tid, name = trial[:3]
   status = _progress(workdir, tid)
-  if status == "interrupted" and _deaths(workdir, tid) >= MAX_DEATHS:
-    error = (f"the process died {MAX_DEATHS} times during this trial without a result "
-             f"(out of memory?)")
+  stuck, made = _deaths(workdir, tid)
+  if status == "interrupted" and stuck >= MAX_DEATHS:
+    error = (f"the process died {len(made)} times during this trial without a result, the "
+             f"last {stuck} without a new checkpoint (steps each life made: {made}); out of "
+             f"memory?")
     _write_json(os.path.join(trial_dir(workdir, tid), "result.json"),
                 {"status": "failed", "final_eval": None, "error": error})
     _event(workdir, event="end", id=tid, status="failed")  # a retry starts a fresh count
@@ -394,12 +429,18 @@ def _train(trial, workdir, num_trials, train_fn):
     return train_fn(config, trial_dir(workdir, tid))
   except Exception as e:  # pylint: disable=broad-except  # recorded; the sweep goes on
     logging.exception("trial %s failed", name)
-    return read_result(workdir, tid) or {"status": "failed", "error": repr(e)}
+    written = read_result(workdir, tid)  # the trainer's, with its traceback, if it wrote one
+    if written is not None and written["status"] == "failed":
+      return written
+    return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
 
 
 def _finish(workdir, tid, shard_index, result):
   """Records the trial's end (on process 0)."""
-  if read_result(workdir, tid) is None:  # a train_fn that wrote none: the outcome must last
+  written = read_result(workdir, tid)
+  # A train_fn that wrote no result, or failed before its own (an earlier
+  # life's "preempted" is still there): the outcome must last.
+  if written is None or written["status"] != result["status"]:
     _write_json(os.path.join(trial_dir(workdir, tid), "result.json"), result)
   _event(workdir, event="end", id=tid, shard=shard_index, status=result["status"])
 
@@ -407,6 +448,9 @@ def _finish(workdir, tid, shard_index, result):
 def run(trials, workdir, *, num_shards=1, shard_index=0, retry_failed=False, config_path=None,
         tables=(), train_fn=train.train_and_evaluate, claim_timeout_s=None):
   """Runs this shard's trials that still need running; returns {id: status} for them.
+
+  A pre-empted trial ends the run (this process is about to be reclaimed): its
+  status is "preempted", and the trials after it are not started.
 
   A trial whose claim another live process holds is skipped and reported as
   "running"; another machine's claim whose heartbeat is older than
@@ -435,6 +479,9 @@ def run(trials, workdir, *, num_shards=1, shard_index=0, retry_failed=False, con
         statuses[trial[1]] = result["status"]
         eta = (time.time() - started) / (done + 1) * (len(todo) - done - 1)
         _log_result(trial, len(trials), result, eta)
+        if result["status"] == PREEMPTED:
+          logging.warning("pre-empted: the sweep stops; run the same command again to resume")
+          break
   return statuses
 
 
