@@ -5,19 +5,32 @@ from the generator: ListOps labels by a stack evaluator over the token ids,
 MQAR targets by looking the queried key up in the key-value prefix, copying
 against the sequence built directly from the payload, order by locating the
 markers. The pipelines are checked for determinism, padding and masks, the
-iterator state round trip, two-process sharding and exact eval coverage.
+iterator state round trip, two-process sharding and exact eval coverage; processes
+sharing a fresh data_dir generate each dataset once.
 """
 
 import collections
+import importlib
 import json
+import os
+import signal
+import subprocess
+import threading
+import time
 
 import numpy as np
 import ml_collections
 import pytest
 import tensorflow_datasets as tfds
 
+from attention_research import claims
 from attention_research import data
 from attention_research.data import listops
+from tests.test_train import ROOT
+from tests.test_train import run_env
+from tests.test_train import train_command
+
+prepare = importlib.import_module("attention_research.data.prepare")  # data.prepare is the function
 
 tfds.disable_progress_bar()
 
@@ -410,3 +423,42 @@ def test_eval_covers_the_split_exactly_once(process_count, data_dir):
     assert rows_of(again) == rows_of(batches)
   assert sorted(seen) == expected
   assert sum(counts) == 20
+
+
+# --- a shared data_dir -------------------------------------------------------
+
+def test_generation_waits_for_the_live_holder_of_the_lock_and_takes_a_dead_ones_over(tmp_path):
+  options = TINY["order"]
+  lock = os.fspath(prepare.builder("order", options, tmp_path).data_path) + ".lock"
+  os.makedirs(os.path.dirname(lock))
+  holder = subprocess.Popen(["sleep", "300"])  # another live process "generating"
+  with open(lock, "w") as f:
+    json.dump({"host": claims.HOST, "boot_id": claims.BOOT_ID, "pid": holder.pid,
+               "start_time": time.time(), "token": "elsewhere"}, f)
+  done = []
+  waiter = threading.Thread(target=lambda: done.append(data.prepare("order", options, tmp_path)))
+  waiter.start()
+  time.sleep(3)
+  assert not done and not prepare._is_prepared(prepare.builder("order", options, tmp_path))
+  holder.send_signal(signal.SIGKILL)  # the holder dies without generating: its lock goes stale
+  holder.wait()
+  waiter.join(timeout=120)
+  assert done and done[0].info.splits["train"].num_examples == options["num_train"]
+  assert not os.path.exists(lock)  # released once generated
+  # What it generated is what a lone process generates.
+  assert ([key(e) for e in stored("order", options, tmp_path)]
+          == [key(e) for e in stored("order", options, tmp_path / "alone")])
+
+
+def test_two_trainings_on_one_fresh_data_dir_both_finish(tmp_path):
+  data_dir = tmp_path / "data"
+  steps = ["--config.total_steps=10", "--config.checkpoint_every=10"]
+  procs = [subprocess.Popen(train_command(tmp_path / f"run{i}", data_dir, *steps), cwd=ROOT,
+                            env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+  for code, stderr in outcomes:
+    assert code == 0, stderr[-2000:]
+  results = [json.load(open(tmp_path / f"run{i}" / "result.json")) for i in range(2)]
+  assert results[0]["final_eval"] == results[1]["final_eval"]
+  assert not [n for _, _, names in os.walk(data_dir) for n in names if n.endswith(".lock")]

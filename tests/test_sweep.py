@@ -159,8 +159,14 @@ def test_a_rerun_under_another_config_or_grid_is_refused(tmp_path):
   runner.run(trials, workdir)
   longer = tiny_sweep.get_config()
   longer.data_dir, longer.total_steps = str(tmp_path / "data"), 60
+  result_before = open(os.path.join(runner.trial_dir(workdir, trials[0][1]), "result.json")).read()
   with pytest.raises(ValueError, match=r"different config \(fields \['total_steps'\]"):
     runner.run(runner.make_trials(longer, tiny_sweep.get_sweep(h))[:1], workdir)
+  # The refusal is in the sweep's events; the trial's result is untouched.
+  refused = [e for e in runner.read_events(workdir) if e["event"] == "refused"]
+  assert [e["id"] for e in refused] == [trials[0][1]] and "total_steps" in refused[0]["error"]
+  assert open(os.path.join(runner.trial_dir(workdir, trials[0][1]), "result.json")).read() == (
+      result_before)
   with pytest.raises(ValueError, match="other trials"):
     runner.run(tiny_trials(tmp_path / "data"), workdir)
 
@@ -221,6 +227,64 @@ def test_a_trial_whose_process_keeps_dying_is_recorded_as_failed(tmp_path):
   assert runner.run(trials, workdir, retry_failed=True, train_fn=done) == {tid: "completed"}
   assert os.listdir(os.path.join(workdir, "attempts")) == [f"{tid}.1"]
   assert runner.read_result(workdir, tid)["status"] == "completed"
+
+
+class Death(BaseException):
+  """A process dying mid-trial, in-process: no end event follows its start."""
+
+
+def dies_after(new_checkpoint):
+  """A train_fn that (if `new_checkpoint`) saves one more checkpoint step, then dies."""
+  def train_fn(config, workdir):
+    del config
+    directory = os.path.join(workdir, "checkpoints")
+    os.makedirs(directory, exist_ok=True)
+    if new_checkpoint:
+      steps = [int(n) for n in os.listdir(directory) if n.isdigit()]
+      os.makedirs(os.path.join(directory, str(max(steps, default=0) + 10)))
+    raise Death()
+  return train_fn
+
+
+def test_deaths_after_new_checkpoints_are_resumed_and_only_deaths_without_count(tmp_path):
+  trials = tiny_trials(tmp_path / "data")[:1]
+  workdir, other = str(tmp_path / "sweep"), str(tmp_path / "other")
+  progressing = stuck = trials[0][1]
+  # Three deaths (a spot VM reclaimed without notice), each after a new checkpoint.
+  for _ in range(3):
+    with pytest.raises(Death):
+      runner.run(trials[:1], workdir, train_fn=dies_after(new_checkpoint=True))
+  assert runner._deaths(workdir, progressing) == (0, [10, 10, 10])
+  done = lambda config, path: {"status": "completed", "final_eval": None}
+  assert runner.run(trials[:1], workdir, train_fn=done) == {progressing: "completed"}
+  # A life with progress resets the count; two in a row without give the trial up.
+  for new_checkpoint in (True, False, False):
+    with pytest.raises(Death):
+      runner.run(trials, other, train_fn=dies_after(new_checkpoint))
+  assert runner._deaths(other, stuck) == (2, [10, 0, 0])
+  assert runner.run(trials, other, train_fn=done) == {}
+  error = runner.read_result(other, stuck)["error"]
+  assert "died 3 times" in error and "the last 2 without a new checkpoint" in error
+  assert "[10, 0, 0]" in error
+
+
+def test_a_preempted_trial_stops_the_sweep_and_is_resumed_not_failed(tmp_path):
+  trials = tiny_trials(tmp_path / "data")[:2]
+  workdir = str(tmp_path / "sweep")
+
+  def preempted(config, path):  # as the trainer records a SIGTERM
+    del config
+    result = {"status": "preempted", "step": 7, "final_eval": None}
+    with open(os.path.join(path, "result.json"), "w") as f:
+      json.dump(result, f)
+    return result
+  assert runner.run(trials, workdir, train_fn=preempted) == {trials[0][1]: "preempted"}
+  assert runner.trial_status(workdir, trials[0][1]) == "preempted"
+  assert runner.trial_status(workdir, trials[1][1]) == "pending"  # not started
+  assert ends(workdir) == [(trials[0][1], "preempted")]  # an end, not a death
+  assert runner._deaths(workdir, trials[0][1])[1] == []
+  done = lambda config, path: {"status": "completed", "final_eval": None}
+  assert runner.run(trials, workdir, train_fn=done) == {t[1]: "completed" for t in trials}
 
 
 def test_summary_shows_missing_trials_as_pending(tmp_path):

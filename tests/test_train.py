@@ -187,14 +187,46 @@ def test_bad_task_options_are_named(tmp_path):
     train.validate_config(c, num_devices=1)
 
 
+def listing(workdir):
+  """{path: bytes} of every file under workdir."""
+  return {os.path.relpath(os.path.join(d, n), workdir): open(os.path.join(d, n), "rb").read()
+          for d, _, names in os.walk(workdir) for n in names}
+
+
 def test_a_checkpoint_resumes_only_under_its_own_config(tmp_path):
   c = tiny_config(tmp_path / "data", total_steps=10, checkpoint_every=10)
-  train.train_and_evaluate(c, str(tmp_path / "run"))
+  first = train.train_and_evaluate(c, str(tmp_path / "run"))
+  before = listing(tmp_path / "run")
+  # A rerun of the finished run keeps its result, speed and wall time included.
+  assert train.train_and_evaluate(c, str(tmp_path / "run")) == first
+  assert first["train_steps_per_s"] > 0 and listing(tmp_path / "run") == before
+  # A refused rerun touches nothing: the completed result stays.
   c.learning_rate = 1e-2
   with pytest.raises(ValueError, match=r"fields \['learning_rate'\] differ"):
     train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert listing(tmp_path / "run") == before
   c.learning_rate, c.total_steps = 3e-3, 15  # a longer run of the same config may resume
   assert train.train_and_evaluate(c, str(tmp_path / "run"))["resumed_from_step"] == 10
+
+
+def test_a_config_refused_in_a_fresh_workdir_leaves_no_workdir(tmp_path):
+  c = tiny_config(tmp_path / "data", num_heads=3)  # d_model 32 does not split over 3 heads
+  with pytest.raises(ValueError, match="num_heads"):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_the_binary_reports_a_refused_rerun_in_one_line_and_keeps_the_result(tmp_path):
+  data_dir, workdir = tmp_path / "data", tmp_path / "run"
+  run_to_end(workdir, data_dir, "--config.total_steps=10", "--config.checkpoint_every=10")
+  before = listing(workdir)
+  refused = subprocess.run(train_command(workdir, data_dir, "--config.total_steps=10",
+                                         "--config.learning_rate=0.01"),
+                           cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+  assert refused.returncode == 1
+  last = refused.stderr.strip().splitlines()[-1]
+  assert "fields ['learning_rate'] differ" in last and "Traceback" not in refused.stderr
+  assert listing(workdir) == before
 
 
 def test_truncating_metrics_drops_later_steps_final_evals_and_cut_lines(tmp_path):
