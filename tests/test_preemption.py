@@ -1,9 +1,11 @@
-"""Pre-emption: SIGTERM and SIGINT checkpoint the current step; the rerun loses nothing."""
+"""Pre-emption: SIGTERM and SIGINT checkpoint the current step, on one process or two; the
+rerun loses nothing and ends equal to an uninterrupted run."""
 
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -16,6 +18,10 @@ from tests.test_train import run_env
 from tests.test_train import run_to_end
 from tests.test_train import tiny_config
 from tests.test_train import train_command
+from tests.test_sweep import distributed
+from tests.test_sweep import driver_env
+from tests.test_sweep import run_together
+from tests.test_sweep import tiny_trials
 
 TIMING = ("steps_per_s", "tokens_per_s")
 
@@ -64,7 +70,7 @@ def straight(tmp_path_factory):
   return root, str(root / "run"), result
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_checkpoints_its_step_and_the_rerun_equals_an_uninterrupted_run(
     straight, tmp_path, monkeypatch, signum):
   root, straight_dir, reference = straight
@@ -126,3 +132,70 @@ def test_the_binary_exits_75_on_sigterm_and_its_rerun_finishes_equal(tmp_path):
   resumed = run_to_end(workdir, data_dir, *steps)
   assert resumed["resumed_from_step"] == result["step"]
   assert resumed["final_eval"] == reference["final_eval"]
+
+
+TWO_PROCESS_FLAGS = ("--train=real", "--trials=1", "--total_steps=200")
+
+
+@pytest.fixture(scope="module")
+def two_process_straight(tmp_path_factory):
+  root = tmp_path_factory.mktemp("two")
+  straight = str(root / "straight")
+  outcomes = run_together(distributed([straight, straight], root, *TWO_PROCESS_FLAGS))
+  assert [rc for rc, _, _ in outcomes] == [0, 0], [err[-3000:] for _, _, err in outcomes]
+  tid = tiny_trials(root / "data")[0][1]
+  return root, tid, json.load(open(os.path.join(straight, "trials", tid, "result.json")))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_one_process_of_two_checkpoints_one_step_on_both(two_process_straight,
+                                                                     signum):
+  """A pod slice's maintenance event may reach one host first, Ctrl-C only one terminal's:
+  SIGTERM through JAX's pre-emption service, SIGINT at the next log step, every process
+  saves the same step."""
+  root, tid, reference = two_process_straight
+  workdir = str(root / signal.Signals(signum).name)
+  procs = [subprocess.Popen(c, cwd=ROOT, env=driver_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+           for c in distributed([workdir, workdir], root, *TWO_PROCESS_FLAGS)]
+  first = os.path.join(workdir, "trials", tid, "checkpoints", "100")
+  deadline = time.time() + 240
+  while time.time() < deadline and not os.path.exists(first) and procs[1].poll() is None:
+    time.sleep(0.005)
+  procs[1].send_signal(signum)
+  outputs = [p.communicate(timeout=120) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [err[-3000:] for _, err in outputs]
+  assert [json.loads(out.splitlines()[-1]) for out, _ in outputs] == [{tid: "preempted"}] * 2
+  stopped = json.load(open(os.path.join(workdir, "trials", tid, "result.json")))
+  assert stopped["status"] == "preempted" and 100 < stopped["step"] < 200
+  saved = sorted(int(n) for n in os.listdir(os.path.dirname(first)) if n.isdigit())
+  assert saved[-1] == stopped["step"]
+
+  outcomes = run_together(distributed([workdir, workdir], root, *TWO_PROCESS_FLAGS))
+  assert [rc for rc, _, _ in outcomes] == [0, 0], [err[-3000:] for _, _, err in outcomes]
+  resumed = json.load(open(os.path.join(workdir, "trials", tid, "result.json")))
+  assert resumed["resumed_from_step"] == stopped["step"]
+  assert resumed["final_eval"] == reference["final_eval"]  # to the last bit
+
+
+def test_the_sweep_binary_exits_75_on_sigterm_with_its_trial_preempted(tmp_path):
+  workdir = tmp_path / "sweep"
+  command = [sys.executable, "-m", "experiments.sweep", "--config=tests/fixtures/tiny_sweep.py",
+             f"--workdir={workdir}", f"--config.data_dir={tmp_path / 'data'}",
+             "--config.total_steps=300", "--config.checkpoint_every=10",
+             f"--jax_cache_dir={os.path.join(ROOT, 'tests', '.jax_cache')}"]
+  proc = subprocess.Popen(command, cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if list((workdir / "trials").glob("*/checkpoints/10")):
+      break
+    time.sleep(0.005)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == preemption.EXIT_CODE, stderr[-2000:]
+  assert "sweep preempted" in stderr
+  listing = subprocess.run(command + ["--dry_run"], cwd=ROOT, env=run_env(),
+                           capture_output=True, text=True, timeout=120)
+  statuses = [line.split()[4] for line in listing.stdout.splitlines()]
+  assert statuses == ["preempted"] + ["pending"] * (len(statuses) - 1), listing.stdout
