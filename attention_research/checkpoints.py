@@ -1,4 +1,4 @@
-"""Checkpoints that verify: orbax saves with a digest of every array; restores check it and fall back.
+"""Checkpoints that verify: orbax saves digests of every array; restores check them, fall back.
 
     manager = checkpoints.open_manager(directory, keep)
     checkpoints.save(manager, step, state, progress)
@@ -19,7 +19,9 @@ digest mismatch is never restored.
 On many processes each one verifies what it reads, and all of them fall back
 together if any one fails. The digests cover this process's addressable
 shards; the trainer replicates its state, so every process sees every array
-whole and process 0's digests (the ones saved) are every process's.
+whole and process 0's digests (the ones saved) are every process's. An array
+sharded across processes is refused at save time until digests are kept per
+process.
 """
 
 import hashlib
@@ -52,6 +54,11 @@ def open_manager(directory, keep):
 def digests(state):
   """{path of each array in `state`: SHA-256 of its dtype, shape and this process's shards}."""
   leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  for path, leaf in leaves:
+    if not (leaf.is_fully_addressable or leaf.is_fully_replicated):
+      raise ValueError(f"checkpoint digests: state{jax.tree_util.keystr(path)} is sharded "
+                       f"across processes; only process 0's digests are saved, so every "
+                       f"array must be whole on every process (replicated)")
   return {jax.tree_util.keystr(path): _digest(leaf) for path, leaf in leaves}
 
 
@@ -98,6 +105,11 @@ def restore_latest(manager, abstract_state):
   return None
 
 
+def _first_line(error):
+  text = str(error).strip()
+  return text.splitlines()[0][:300] if text else repr(error)
+
+
 def _check(restored):
   """None if the restored checkpoint matches its digests, else what is wrong."""
   progress = restored["progress"]
@@ -116,11 +128,6 @@ def _check(restored):
   return None
 
 
-def _first_line(error):
-  text = str(error).strip()
-  return text.splitlines()[0][:300] if text else repr(error)
-
-
 def _any_process(problem):
   """`problem` if this process found one, else another process's, else None; the same on
   every process, so that all restore the same step."""
@@ -136,15 +143,20 @@ def _move_aside(manager, step, problem):
   """Moves checkpoint `step` to <directory>/corrupt/<step> (process 0) and tells orbax."""
   directory = os.fspath(manager.directory)
   target = os.path.join(directory, CORRUPT, str(step))
+  failure = None
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(target), exist_ok=True)
     n = 1
     while os.path.exists(target):  # one moved aside by an earlier run
       target = os.path.join(directory, CORRUPT, f"{step}.{n}")
       n += 1
-    os.rename(os.path.join(directory, str(step)), target)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+    try:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      os.rename(os.path.join(directory, str(step)), target)
+    except OSError as e:  # raised on every process below, none left waiting
+      failure = e
+  if _any_process(failure and str(failure)) is not None:
+    raise RuntimeError(f"the checkpoint at step {step} in {directory} is corrupt ({problem}) "
+                       f"and could not be moved to {target}: {failure}")
   manager.reload()
-  logging.warning("the checkpoint at step %d in %s is corrupt (%s): moved to %s; trying the "
-                  "next older one", step, directory, problem, target)
+  logging.warning("the checkpoint at step %d in %s is corrupt (%s): moved to %s", step,
+                  directory, problem, target)

@@ -1,4 +1,8 @@
-"""Claims: which process runs a sweep trial, decided through one file in the shared workdir.
+"""Claims: which process does a piece of work, decided through one file in a shared directory.
+
+The sweep runner claims each trial (trials/<id>/claim.json); data generation
+claims a dataset's directory (<version dir>.lock), so that processes sharing a
+data_dir generate it once.
 
     with claims.held(path, timeout_s) as token:
       if token is None:  # another live process holds it

@@ -1,9 +1,11 @@
 """Pre-emption: SIGTERM and SIGINT ask training to save and stop at a step all processes agree on.
 
-    with preemption.watch() as requested:
+    with preemption.watch():
+      if preemption.requested(synced=True):  # noted before the first step
+        ...
       for step in ...:
         ...                                  # one training step
-        if requested(step, synced=is_log_step):
+        if preemption.requested(synced=is_log_step):
           ...                                # save a checkpoint of `step`, record "preempted"
           break
 
@@ -11,17 +13,21 @@ A Cloud TPU VM or a spot GPU VM gets SIGTERM some seconds before it is
 reclaimed; Ctrl-C sends SIGINT. The first of either is noted and the current
 step finishes; the trainer then saves it and exits with EXIT_CODE. A second
 SIGINT raises KeyboardInterrupt at once: the person at the keyboard means it.
+`watch()` may nest (the sweep binary watches across trials, the trainer
+within one): a signal noted anywhere inside the outermost one stays noted.
 
 On one process the note is read after every step. On many (jax.distributed)
 the processes must save the same step: SIGTERM goes to JAX's pre-emption
-service (multihost_utils.reached_preemption_sync_point, asked every step,
-which picks a step every process reaches), and SIGINT, which reaches only
-the processes of one terminal, is agreed on at steps that already wait for
-the devices (`synced`: the trainer's log steps), where one allgather more
-costs nothing.
+service, which picks a step every process reaches
+(multihost_utils.reached_preemption_sync_point, asked at every call with a
+counter that only grows, as the service requires, across trials and resumes),
+and SIGINT, which reaches only the processes of one terminal, is agreed on at
+calls that already wait for the devices (`synced`: the trainer's log steps),
+where one allgather more costs nothing.
 """
 
 import contextlib
+import itertools
 import signal
 import threading
 
@@ -33,50 +39,68 @@ import numpy as np
 # sysexits.h's EX_TEMPFAIL: "a temporary failure; the user is invited to retry".
 EXIT_CODE = 75
 
+_NOTED = []  # signals received inside the outermost watch(), this process
+_AGREED = []  # once every process has agreed to stop, they stay stopped
+_DEPTH = [0]
+_CALLS = itertools.count(1)  # every process calls requested() equally often
+
+
+def _handler(signum, frame):
+  del frame
+  if _NOTED and signum == signal.SIGINT:
+    raise KeyboardInterrupt("a second SIGINT: stopping without a checkpoint")
+  _NOTED.append(signum)
+  logging.warning("received %s: saving a checkpoint after this step, then stopping",
+                  signal.Signals(signum).name)
+
+
+def _jax_service():
+  """Whether JAX's pre-emption service runs here (it does on many processes, unless off)."""
+  return jax.process_count() > 1 and bool(getattr(jax.config, "jax_enable_preemption_service",
+                                                  False))
+
 
 @contextlib.contextmanager
 def watch():
-  """Yields requested(step, synced) -> bool while SIGTERM and SIGINT are noted, not fatal."""
-  noted = []
-  many = jax.process_count() > 1
-  jax_service = many and _jax_service_available()
-
-  def handler(signum, frame):
-    del frame
-    if noted and signum == signal.SIGINT:
-      raise KeyboardInterrupt("a second SIGINT: stopping without a checkpoint")
-    noted.append(signum)
-    logging.warning("received %s: saving a checkpoint after this step, then stopping",
-                    signal.Signals(signum).name)
-
+  """While inside, SIGTERM and SIGINT are noted (see requested()), not fatal."""
+  outermost = _DEPTH[0] == 0
   # JAX's service has its own SIGTERM handler; replacing it would blind the others.
-  signums = (signal.SIGINT,) if jax_service else (signal.SIGINT, signal.SIGTERM)
+  signums = (signal.SIGINT,) if _jax_service() else (signal.SIGINT, signal.SIGTERM)
   previous = {}
-  if threading.current_thread() is threading.main_thread():
-    previous = {s: signal.signal(s, handler) for s in signums}
-  else:  # Python delivers signals to the main thread only
-    logging.warning("training outside the main thread: SIGTERM and SIGINT are not caught, "
-                    "so pre-emption loses the steps since the last checkpoint")
-
-  def requested(step, synced):
-    if not many:
-      return bool(noted)
-    if jax_service and multihost_utils.reached_preemption_sync_point(step):
-      return True
-    if synced:  # every process's own note, agreed on where a wait costs nothing
-      return bool(multihost_utils.process_allgather(np.int32(bool(noted))).any())
-    return False
-
+  if outermost:
+    if threading.current_thread() is threading.main_thread():
+      previous = {s: signal.signal(s, _handler) for s in signums}
+    else:  # Python delivers signals to the main thread only
+      logging.warning("training outside the main thread: SIGTERM and SIGINT are not caught, "
+                      "so pre-emption loses the steps since the last checkpoint")
+  _DEPTH[0] += 1
   try:
-    yield requested
+    yield
   finally:
+    _DEPTH[0] -= 1
     for s, h in previous.items():
       signal.signal(s, h)
+    if outermost:  # what was noted here is spent: a later run starts afresh
+      _NOTED.clear()
+      _AGREED.clear()
 
 
-def _jax_service_available():
-  try:
-    multihost_utils.reached_preemption_sync_point(0)
-  except RuntimeError:  # the service is off (jax_enable_preemption_service)
-    return False
-  return True
+def requested(synced):
+  """Whether to stop now, the same answer on every process (see the module docstring).
+
+  Once True, True until the outermost watch() ends: the sweep runner asks
+  again after a trial the trainer stopped.
+  """
+  if not _AGREED and _agree(synced):
+    _AGREED.append(True)
+  return bool(_AGREED)
+
+
+def _agree(synced):
+  if jax.process_count() == 1:
+    return bool(_NOTED)
+  if _jax_service() and multihost_utils.reached_preemption_sync_point(next(_CALLS)):
+    return True
+  if synced:  # every process's own note, agreed on where a wait costs nothing
+    return bool(multihost_utils.process_allgather(np.int32(bool(_NOTED))).any())
+  return False

@@ -167,7 +167,8 @@ def _truncate_metrics(path, last_step):
 
 
 def _first_non_finite(fetched, step):
-  """The step of the first non-finite loss among `fetched` (the steps up to `step`), or None."""
+  """The step of the first non-finite loss among `fetched` (the steps up to `step`), logged
+  as the divergence; None if every loss is finite."""
   bad = [i for i, m in enumerate(fetched) if not math.isfinite(float(m["loss"]))]
   if not bad:
     return None
@@ -244,7 +245,8 @@ def train_and_evaluate(config, workdir):
   result = {"status": "failed", "workdir": workdir}
   life = {"training": False}  # set once the loop starts
   try:
-    result = _train(config, settings, workdir, start_time, result, life)
+    with preemption.watch():  # a signal from here on is noted, not fatal
+      result = _train(config, settings, workdir, start_time, result, life)
   except Exception as e:  # recorded, then re-raised: a failed trial is never lost
     result.update(status="failed", error=f"{type(e).__name__}: {e}",
                   traceback=traceback.format_exc(), wall_time_s=time.time() - start_time)
@@ -397,6 +399,9 @@ def _train(config, settings, workdir, start_time, result, life):
                for m in progress.get("pending_metrics", [])]
     logging.info("resumed from the checkpoint at step %d", restored_step)
   else:
+    if os.path.exists(metrics_path) and os.path.getsize(metrics_path):  # never silently
+      logging.warning("%s holds the records of an earlier run but no checkpoint to resume: "
+                      "starting over from step 0", workdir)
     state = jax.jit(init_state, out_shardings=state_sharding)()
   first_step = int(state["step"])
   if is_main:
@@ -436,59 +441,62 @@ def _train(config, settings, workdir, start_time, result, life):
   tokens_per_step = example["inputs"].size // len(example["example_mask"]) * config.batch_size
   speeds = []   # steps/s of each log window, for the result's median
   last_log_time, last_log_step = time.time(), first_step
-  diverged_step = preempted_step = None
+  diverged_step = None
+  # A signal noted while preparing stops before the first step: the newest
+  # checkpoint already holds this one.
+  preempted_step = first_step if preemption.requested(synced=True) else None
+  last_step = config.total_steps if preempted_step is None else first_step
   life["training"] = True
-  logging.info("training from step %d to %d", first_step, config.total_steps)
-  with preemption.watch() as preemption_requested:
-    for step in range(first_step + 1, config.total_steps + 1):
-      state, metrics = train_step(state, to_global(next(train_iter)))
-      pending.append(metrics)
+  logging.info("training from step %d to %d", first_step, last_step)
+  for step in range(first_step + 1, last_step + 1):
+    state, metrics = train_step(state, to_global(next(train_iter)))
+    pending.append(metrics)
 
-      checkpoint_due = step % config.checkpoint_every == 0 or step == config.total_steps
-      log_due = step % config.log_every == 0 or checkpoint_due
-      # Every step before a checkpoint is checked for NaN (a diverged state is
-      # never saved); a scheduled checkpoint always follows a log, so resumed
-      # runs log the same windows.
-      if log_due:
-        fetched = jax.device_get(pending)
-        diverged_step = _first_non_finite(fetched, step)
-        if diverged_step is not None:
-          break
-        now = time.time()
-        steps_per_s = (step - last_log_step) / max(now - last_log_time, 1e-9)
-        record = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "accuracy")}
-        record.update(grad_norm=float(fetched[-1]["grad_norm"]),
-                      learning_rate=float(fetched[-1]["learning_rate"]),
-                      steps_per_s=steps_per_s, tokens_per_s=steps_per_s * tokens_per_step)
-        log(step, record, "train")
-        speeds.append(steps_per_s)
-        eta = (config.total_steps - step) / max(steps_per_s, 1e-9)
-        logging.info("step %d/%d: loss %.4f, acc %.4f, %.2f steps/s, %.0f tokens/s, ETA %s",
-                     step, config.total_steps, record["loss"], record["accuracy"], steps_per_s,
-                     record["tokens_per_s"], datetime.timedelta(seconds=round(eta)))
-        pending, last_log_time, last_log_step = [], now, step
-
-      if step % config.eval_every == 0 and step != config.total_steps:
-        eval_metrics = evaluate(state["params"])
-        log(step, {f"eval_{k}": v for k, v in eval_metrics.items()}, "eval")
-        logging.info("step %d eval: loss %.4f, accuracy %.4f", step, eval_metrics["loss"],
-                     eval_metrics["accuracy"])
-        last_log_time = time.time()  # evals do not count against steps/s
-
-      preempted = preemption_requested(step, synced=log_due)
-      if preempted and pending:  # mid-window: checked for NaN, then carried in the checkpoint
-        pending = jax.device_get(pending)
-        diverged_step = _first_non_finite(pending, step)
-        if diverged_step is not None:
-          break
-      if checkpoint_due or preempted:
-        save_checkpoint(step, pending)
-        last_log_time = time.time()
-      if preempted:
-        preempted_step = step
-        logging.warning("pre-empted: stopped after the checkpoint of step %d; run the same "
-                        "command again to resume there", step)
+    checkpoint_due = step % config.checkpoint_every == 0 or step == config.total_steps
+    log_due = step % config.log_every == 0 or checkpoint_due
+    # Every step before a checkpoint is checked for NaN (a diverged state is
+    # never saved); a scheduled checkpoint always follows a log, so resumed
+    # runs log the same windows.
+    if log_due:
+      fetched = jax.device_get(pending)
+      diverged_step = _first_non_finite(fetched, step)
+      if diverged_step is not None:
         break
+      now = time.time()
+      steps_per_s = (step - last_log_step) / max(now - last_log_time, 1e-9)
+      record = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "accuracy")}
+      record.update(grad_norm=float(fetched[-1]["grad_norm"]),
+                    learning_rate=float(fetched[-1]["learning_rate"]),
+                    steps_per_s=steps_per_s, tokens_per_s=steps_per_s * tokens_per_step)
+      log(step, record, "train")
+      speeds.append(steps_per_s)
+      eta = (config.total_steps - step) / max(steps_per_s, 1e-9)
+      logging.info("step %d/%d: loss %.4f, acc %.4f, %.2f steps/s, %.0f tokens/s, ETA %s",
+                   step, config.total_steps, record["loss"], record["accuracy"], steps_per_s,
+                   record["tokens_per_s"], datetime.timedelta(seconds=round(eta)))
+      pending, last_log_time, last_log_step = [], now, step
+
+    if step % config.eval_every == 0 and step != config.total_steps:
+      eval_metrics = evaluate(state["params"])
+      log(step, {f"eval_{k}": v for k, v in eval_metrics.items()}, "eval")
+      logging.info("step %d eval: loss %.4f, accuracy %.4f", step, eval_metrics["loss"],
+                   eval_metrics["accuracy"])
+      last_log_time = time.time()  # evals do not count against steps/s
+
+    preempted = preemption.requested(synced=log_due)
+    if preempted and pending:  # mid-window: checked for NaN, then carried in the checkpoint
+      pending = jax.device_get(pending)
+      diverged_step = _first_non_finite(pending, step)
+      if diverged_step is not None:
+        break
+    if checkpoint_due or preempted:
+      save_checkpoint(step, pending)
+      last_log_time = time.time()
+    if preempted:
+      preempted_step = step
+      logging.warning("pre-empted: stopped after the checkpoint of step %d; run the same "
+                      "command again to resume there", step)
+      break
 
   # ----------------------------------------------------------------- final
   wall_time = previous_wall_time + time.time() - start_time

@@ -110,12 +110,14 @@ def main(argv):
       print(status_listing(trials, _WORKDIR.value, _NUM_SHARDS.value, _CLAIM_TIMEOUT.value))
     return
   try:  # a refused rerun (another grid, a trial's changed config) is one line
-    statuses = runner.run(trials, _WORKDIR.value, num_shards=_NUM_SHARDS.value,
-                          shard_index=_SHARD_INDEX.value, retry_failed=_RETRY.value,
-                          config_path=path, tables=tables, claim_timeout_s=_CLAIM_TIMEOUT.value)
+    with preemption.watch():  # between trials too: a signal stops the sweep, not kills it
+      runner.run(trials, _WORKDIR.value, num_shards=_NUM_SHARDS.value,
+                 shard_index=_SHARD_INDEX.value, retry_failed=_RETRY.value, config_path=path,
+                 tables=tables, claim_timeout_s=_CLAIM_TIMEOUT.value)
+      preempted = preemption.requested(synced=True)
   except ValueError as e:
     cli.exit_with(e)
-  if runner.PREEMPTED in statuses.values():  # the same code as the trainer's
+  if preempted:  # the same code as the trainer's
     print("sweep preempted: run the same command again to resume", file=sys.stderr)
     raise SystemExit(preemption.EXIT_CODE)
   if not main_process:

@@ -114,6 +114,17 @@ def test_with_every_checkpoint_corrupt_the_run_starts_over_and_says_so(straight,
   assert any("starting over from step 0" in r.getMessage() for r in caplog.records)
 
 
+def test_a_run_whose_checkpoints_are_gone_says_it_starts_over(straight, tmp_path, caplog):
+  root, workdir = killed_copy(straight, tmp_path)
+  shutil.rmtree(os.path.join(workdir, "checkpoints"))
+  with caplog.at_level(logging.WARNING):
+    result = train.train_and_evaluate(settings(root / "data"), workdir)
+  assert result["resumed_from_step"] is None
+  assert result["final_eval"] == straight[2]["final_eval"]
+  assert any("no checkpoint to resume: starting over from step 0" in r.getMessage()
+             for r in caplog.records)
+
+
 def test_a_rerun_after_the_last_checkpoint_keeps_numbers_for_speed(straight, tmp_path):
   root, workdir = killed_copy(straight, tmp_path)
   result = train.train_and_evaluate(settings(root / "data"), workdir)

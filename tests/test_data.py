@@ -427,14 +427,20 @@ def test_eval_covers_the_split_exactly_once(process_count, data_dir):
 
 # --- a shared data_dir -------------------------------------------------------
 
-def test_generation_waits_for_the_live_holder_of_the_lock_and_takes_a_dead_ones_over(tmp_path):
-  options = TINY["order"]
-  lock = os.fspath(prepare.builder("order", options, tmp_path).data_path) + ".lock"
-  os.makedirs(os.path.dirname(lock))
-  holder = subprocess.Popen(["sleep", "300"])  # another live process "generating"
+def hold_lock(lock):
+  """A live process (a `sleep`) as the holder of `lock`, as a generating process would be."""
+  os.makedirs(os.path.dirname(lock), exist_ok=True)
+  holder = subprocess.Popen(["sleep", "300"])
   with open(lock, "w") as f:
     json.dump({"host": claims.HOST, "boot_id": claims.BOOT_ID, "pid": holder.pid,
                "start_time": time.time(), "token": "elsewhere"}, f)
+  return holder
+
+
+def test_generation_waits_for_the_live_holder_of_the_lock_and_takes_a_dead_ones_over(tmp_path):
+  options = TINY["order"]
+  lock = os.fspath(prepare.builder("order", options, tmp_path).data_path) + ".lock"
+  holder = hold_lock(lock)  # another live process "generating"
   done = []
   waiter = threading.Thread(target=lambda: done.append(data.prepare("order", options, tmp_path)))
   waiter.start()
@@ -451,14 +457,25 @@ def test_generation_waits_for_the_live_holder_of_the_lock_and_takes_a_dead_ones_
 
 
 def test_two_trainings_on_one_fresh_data_dir_both_finish(tmp_path):
+  # Both start while a third process holds the lock, so both wait, and then
+  # race to take it over when that process dies: one generates, one waits.
   data_dir = tmp_path / "data"
+  options = dict(vocab_size=32, seq_len=24, num_kv_pairs=2, num_train=512, num_test=64)
+  holder = hold_lock(os.fspath(prepare.builder("mqar", options, data_dir).data_path) + ".lock")
   steps = ["--config.total_steps=10", "--config.checkpoint_every=10"]
+  logs = [tmp_path / f"log{i}" for i in range(2)]
   procs = [subprocess.Popen(train_command(tmp_path / f"run{i}", data_dir, *steps), cwd=ROOT,
-                            env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
-  outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
-  for code, stderr in outcomes:
-    assert code == 0, stderr[-2000:]
+                            env=run_env(), stdout=subprocess.DEVNULL, stderr=open(logs[i], "w"))
+           for i in range(2)]
+  deadline = time.time() + 120
+  while not all("waiting for host" in log.read_text() for log in logs):
+    assert time.time() < deadline and all(p.poll() is None for p in procs), [
+        log.read_text()[-2000:] for log in logs]
+    time.sleep(0.05)
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  for proc, log in zip(procs, logs):
+    assert proc.wait(timeout=300) == 0, log.read_text()[-2000:]
   results = [json.load(open(tmp_path / f"run{i}" / "result.json")) for i in range(2)]
   assert results[0]["final_eval"] == results[1]["final_eval"]
   assert not [n for _, _, names in os.walk(data_dir) for n in names if n.endswith(".lock")]

@@ -70,31 +70,53 @@ def straight(tmp_path_factory):
   return root, str(root / "run"), result
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+# Step 22 is mid-window (logs at 20 and 25) and between checkpoints: steps 21
+# and 22 are in no log and no checkpoint but the pre-emption's. Step 40 is the last.
+@pytest.mark.parametrize("signum, at", [(signal.SIGTERM, 22), (signal.SIGINT, 22),
+                                        (signal.SIGTERM, 40)],
+                         ids=["SIGTERM-mid-window", "SIGINT-mid-window", "SIGTERM-last-step"])
 def test_a_signal_checkpoints_its_step_and_the_rerun_equals_an_uninterrupted_run(
-    straight, tmp_path, monkeypatch, signum):
+    straight, tmp_path, monkeypatch, signum, at):
   root, straight_dir, reference = straight
   workdir = str(tmp_path / "run")
   handlers = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
-  # Mid-window (logs at 20 and 25) and between checkpoints: steps 21 and 22 are
-  # in no log and no checkpoint but the pre-emption's.
   with monkeypatch.context() as patch:
-    signal_at(patch, 22, signum)
+    signal_at(patch, at, signum)
     stopped = train.train_and_evaluate(settings(root / "data"), workdir)
   assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
-  assert stopped["status"] == "preempted" and stopped["step"] == 22
+  assert stopped["status"] == "preempted" and stopped["step"] == at
   assert stopped["final_eval"] is None and "rerun" in stopped["error"]
   assert json.load(open(os.path.join(workdir, "result.json")))["status"] == "preempted"
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["22"]
+  saved = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")))
+  assert saved == ([30, 40] if at == 40 else [at])
 
   resumed = train.train_and_evaluate(settings(root / "data"), workdir)
-  assert resumed["status"] == "completed" and resumed["resumed_from_step"] == 22
+  assert resumed["status"] == "completed" and resumed["resumed_from_step"] == at
   assert resumed["final_eval"] == reference["final_eval"]  # to the last bit
   # Every step logged once, with the numbers of the uninterrupted run: the
   # window cut by the signal (steps 21 and 22) was carried in the checkpoint.
   assert without_timing(os.path.join(workdir, "metrics.jsonl")) == without_timing(
       os.path.join(straight_dir, "metrics.jsonl"))
   assert resumed["train_steps_per_s"] > 0 and resumed["train_tokens_per_s"] > 0
+
+
+def test_a_signal_while_preparing_stops_before_the_first_step(straight, tmp_path, monkeypatch):
+  root, _, reference = straight
+  workdir = str(tmp_path / "run")
+  prepare = train.data.prepare
+
+  def prepare_then_signal(*args, **kwargs):
+    built = prepare(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)  # while the run is still setting up
+    return built
+
+  with monkeypatch.context() as patch:
+    patch.setattr(train.data, "prepare", prepare_then_signal)
+    stopped = train.train_and_evaluate(settings(root / "data"), workdir)
+  assert stopped["status"] == "preempted" and stopped["step"] == 0
+  assert not os.path.exists(os.path.join(workdir, "checkpoints", "1"))
+  resumed = train.train_and_evaluate(settings(root / "data"), workdir)
+  assert resumed["final_eval"] == reference["final_eval"]
 
 
 def test_a_second_sigint_stops_at_once_without_a_checkpoint(straight, tmp_path, monkeypatch):

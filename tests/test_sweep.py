@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from attention_research import claims
+from attention_research import preemption
 from attention_research.sweep import grid as h
 from attention_research.sweep import runner
 from tests.fixtures import tiny_sweep
@@ -264,20 +265,22 @@ def test_deaths_after_new_checkpoints_are_resumed_and_only_deaths_without_count(
   assert runner._deaths(other, stuck) == (2, [10, 0, 0])
   assert runner.run(trials, other, train_fn=done) == {}
   error = runner.read_result(other, stuck)["error"]
-  assert "died 3 times" in error and "the last 2 without a new checkpoint" in error
+  assert "died or failed 3 times" in error and "the last 2 without a new checkpoint" in error
   assert "[10, 0, 0]" in error
+
+
+def preempted(config, path):
+  """A train_fn that records a pre-emption, as the trainer does on SIGTERM."""
+  del config
+  result = {"status": "preempted", "step": 7, "final_eval": None}
+  with open(os.path.join(path, "result.json"), "w") as f:
+    json.dump(result, f)
+  return result
 
 
 def test_a_preempted_trial_stops_the_sweep_and_is_resumed_not_failed(tmp_path):
   trials = tiny_trials(tmp_path / "data")[:2]
   workdir = str(tmp_path / "sweep")
-
-  def preempted(config, path):  # as the trainer records a SIGTERM
-    del config
-    result = {"status": "preempted", "step": 7, "final_eval": None}
-    with open(os.path.join(path, "result.json"), "w") as f:
-      json.dump(result, f)
-    return result
   assert runner.run(trials, workdir, train_fn=preempted) == {trials[0][1]: "preempted"}
   assert runner.trial_status(workdir, trials[0][1]) == "preempted"
   assert runner.trial_status(workdir, trials[1][1]) == "pending"  # not started
@@ -285,6 +288,40 @@ def test_a_preempted_trial_stops_the_sweep_and_is_resumed_not_failed(tmp_path):
   assert runner._deaths(workdir, trials[0][1])[1] == []
   done = lambda config, path: {"status": "completed", "final_eval": None}
   assert runner.run(trials, workdir, train_fn=done) == {t[1]: "completed" for t in trials}
+
+
+def test_a_preempted_trial_failing_to_start_keeps_its_result_until_given_up(tmp_path):
+  # A rerun that fails before training keeps the pre-empted result and its
+  # checkpoints: a life without progress, its error in the events; two in a
+  # row give the trial up, naming the error.
+  trials = tiny_trials(tmp_path / "data")[:1]
+  workdir = str(tmp_path / "sweep")
+  runner.run(trials, workdir, train_fn=preempted)
+
+  def fails_to_start(config, path):
+    raise OSError("the data_dir is not mounted")
+  for life in range(runner.MAX_DEATHS):
+    assert runner.run(trials, workdir, train_fn=fails_to_start) == {trials[0][1]: "failed"}
+    assert runner.trial_status(workdir, trials[0][1]) == "preempted"
+    assert runner._deaths(workdir, trials[0][1]) == (life + 1, [0] * (life + 1))
+  done = lambda config, path: {"status": "completed", "final_eval": None}
+  assert runner.run(trials, workdir, train_fn=done) == {}  # given up
+  result = runner.read_result(workdir, trials[0][1])
+  assert result["status"] == "failed" and "the data_dir is not mounted" in result["error"]
+
+
+def test_a_signal_between_trials_stops_the_sweep_before_the_next(tmp_path):
+  trials = tiny_trials(tmp_path / "data")[:2]
+  workdir = str(tmp_path / "sweep")
+
+  def done_then_signal(config, path):  # a SIGTERM after the trial, before the next
+    os.kill(os.getpid(), signal.SIGTERM)
+    return {"status": "completed", "final_eval": None}
+  with preemption.watch():
+    assert runner.run(trials, workdir, train_fn=done_then_signal) == {trials[0][1]: "completed"}
+    assert preemption.requested(synced=True)
+  assert not preemption.requested(synced=True)  # spent once the watch ends
+  assert runner.trial_status(workdir, trials[1][1]) == "pending"
 
 
 def test_summary_shows_missing_trials_as_pending(tmp_path):

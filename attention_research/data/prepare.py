@@ -43,7 +43,8 @@ def _is_prepared(b):
   return os.path.exists(os.path.join(os.fspath(b.data_path), "dataset_info.json"))
 
 
-def prepare(name, options, data_dir, stale_after_s=STALE_AFTER_S) -> tfds.core.GeneratorBasedBuilder:
+def prepare(name, options, data_dir,
+            stale_after_s=STALE_AFTER_S) -> tfds.core.GeneratorBasedBuilder:
   """The prepared TFDS builder; the data is generated into data_dir on first use.
 
   Generation is deterministic, so on many hosts each may prepare its own

@@ -55,8 +55,9 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from attention_research import train
 from attention_research import claims
+from attention_research import preemption
+from attention_research import train
 from attention_research.sweep import grid as grid_lib
 
 DONE = "completed"
@@ -230,7 +231,8 @@ def _latest_checkpoint(workdir, tid):
 def _deaths(workdir, tid):
   """(deaths in a row without progress, the steps each life made) for this trial.
 
-  A life is a start that no end followed: its process died mid-trial. The
+  A life is a start that no end followed: its process died mid-trial (or
+  failed before training, leaving an earlier life's "preempted" result). The
   steps it made are the newest checkpoint's step at the next start (or now)
   less that at its own start; None where a start did not record it (an older
   runner's), which counts as no progress.
@@ -289,8 +291,10 @@ def _check_same_trials(workdir, trials):
   with open(path) as f:
     saved = [t["id"] for t in json.load(f)["trials"]]
   if saved != [t[1] for t in trials]:
-    raise ValueError(f"{path} lists other trials than this sweep config gives (a changed grid "
-                     f"or config?); use a new --workdir")
+    error = (f"{path} lists other trials than this sweep config gives (a changed grid or "
+             f"config?); use a new --workdir")
+    _event(workdir, event="refused", id=None, error=error)
+    raise ValueError(error)
 
 
 def check_shard(num_shards, shard_index):
@@ -406,10 +410,13 @@ def _decide(workdir, trial, num_trials, retry_failed, last_attempt):
   index, tid, name = trial[:3]
   status = _progress(workdir, tid)
   stuck, made = _deaths(workdir, tid)
-  if status == "interrupted" and stuck >= MAX_DEATHS:
-    error = (f"the process died {len(made)} times during this trial without a result, the "
-             f"last {stuck} without a new checkpoint (steps each life made: {made}); out of "
-             f"memory?")
+  # A pre-empted trial's result.json stays while later lives die or fail to start.
+  if status in ("interrupted", PREEMPTED) and stuck >= MAX_DEATHS:
+    errors = [e["error"] for e in read_events(workdir)
+              if e["id"] == tid and e["event"] == "error"]
+    error = (f"the process died or failed {len(made)} times during this trial without a "
+             f"result, the last {stuck} without a new checkpoint (steps each life made: "
+             f"{made}){'; its last error: ' + errors[-1] if errors else '; out of memory?'}")
     _write_json(os.path.join(trial_dir(workdir, tid), "result.json"),
                 {"status": "failed", "final_eval": None, "error": error})
     _event(workdir, event="end", id=tid, status="failed")  # a retry starts a fresh count
@@ -438,9 +445,13 @@ def _train(trial, workdir, num_trials, train_fn):
 def _finish(workdir, tid, shard_index, result):
   """Records the trial's end (on process 0)."""
   written = read_result(workdir, tid)
-  # A train_fn that wrote no result, or failed before its own (an earlier
-  # life's "preempted" is still there): the outcome must last.
-  if written is None or written["status"] != result["status"]:
+  if written is not None and written["status"] == PREEMPTED and result["status"] == "failed":
+    # Failed before training, so the trainer kept an earlier life's result
+    # and its checkpoints stand: a life without progress, not an end (see
+    # _deaths), and the error is in the events.
+    _event(workdir, event="error", id=tid, shard=shard_index, error=result.get("error"))
+    return
+  if written is None:  # a train_fn that wrote no result: the outcome must last
     _write_json(os.path.join(trial_dir(workdir, tid), "result.json"), result)
   _event(workdir, event="end", id=tid, shard=shard_index, status=result["status"])
 
@@ -468,6 +479,9 @@ def run(trials, workdir, *, num_shards=1, shard_index=0, retry_failed=False, con
 
   statuses, started = {}, time.time()
   for done, (trial, last_attempt) in enumerate(todo):
+    if preemption.requested(synced=True):  # noted between trials (the binary watches)
+      logging.warning("pre-empted: the sweep stops; run the same command again to resume")
+      break
     with contextlib.ExitStack() as claim:  # process 0's claim on the trial, held to its end
       action = _agreed_action(_claim_and_start, claim, trial, workdir, len(trials),
                               retry_failed, last_attempt, timeout_s, shard_index)
@@ -479,7 +493,7 @@ def run(trials, workdir, *, num_shards=1, shard_index=0, retry_failed=False, con
         statuses[trial[1]] = result["status"]
         eta = (time.time() - started) / (done + 1) * (len(todo) - done - 1)
         _log_result(trial, len(trials), result, eta)
-        if result["status"] == PREEMPTED:
+        if result["status"] == PREEMPTED:  # this process is about to be reclaimed
           logging.warning("pre-empted: the sweep stops; run the same command again to resume")
           break
   return statuses
