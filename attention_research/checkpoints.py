@@ -17,11 +17,10 @@ next older one is tried. With none left the run starts over, and says so. A
 digest mismatch is never restored.
 
 On many processes each one verifies what it reads, and all of them fall back
-together if any one fails. The digests cover this process's addressable
-shards; the trainer replicates its state, so every process sees every array
-whole and process 0's digests (the ones saved) are every process's. An array
-sharded across processes is refused at save time until digests are kept per
-process.
+together if any one fails. A digest covers the whole array, so it does not
+depend on the mesh: a checkpoint verifies on another one. Only process 0's
+digests are saved, so an array sharded across processes (which no process
+sees whole) is refused at save time until digests are kept per process.
 """
 
 import hashlib
@@ -52,7 +51,7 @@ def open_manager(directory, keep):
 
 
 def digests(state):
-  """{path of each array in `state`: SHA-256 of its dtype, shape and this process's shards}."""
+  """{path of each array in `state`: SHA-256 of its dtype, shape and contents}."""
   leaves = jax.tree_util.tree_flatten_with_path(state)[0]
   for path, leaf in leaves:
     if not (leaf.is_fully_addressable or leaf.is_fully_replicated):
@@ -63,13 +62,14 @@ def digests(state):
 
 
 def _digest(array):
+  """SHA-256 of dtype, shape and the whole array's bytes: the same however it is sharded,
+  so a checkpoint verifies on another mesh."""
+  if array.is_fully_addressable:
+    whole = np.asarray(jax.device_get(array))
+  else:  # replicated over processes (digests() refuses the rest): any shard is the whole
+    whole = np.asarray(array.addressable_shards[0].data)
   h = hashlib.sha256(f"{array.dtype} {array.shape}".encode())
-  seen = set()  # a replicated array has one shard per device, all the same
-  for shard in sorted(array.addressable_shards, key=lambda s: str(s.index)):
-    if str(shard.index) not in seen:
-      seen.add(str(shard.index))
-      h.update(str(shard.index).encode())
-      h.update(np.ascontiguousarray(jax.device_get(shard.data)).tobytes())
+  h.update(np.ascontiguousarray(whole).tobytes())
   return h.hexdigest()
 
 

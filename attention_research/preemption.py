@@ -1,11 +1,11 @@
 """Pre-emption: SIGTERM and SIGINT ask training to save and stop at a step all processes agree on.
 
     with preemption.watch():
-      if preemption.requested(synced=True):  # noted before the first step
+      if preemption.requested(synced=True, step=first_step):  # noted while setting up
         ...
       for step in ...:
         ...                                  # one training step
-        if preemption.requested(synced=is_log_step):
+        if preemption.requested(synced=is_log_step, step=step):
           ...                                # save a checkpoint of `step`, record "preempted"
           break
 
@@ -19,15 +19,17 @@ within one): a signal noted anywhere inside the outermost one stays noted.
 On one process the note is read after every step. On many (jax.distributed)
 the processes must save the same step: SIGTERM goes to JAX's pre-emption
 service, which picks a step every process reaches
-(multihost_utils.reached_preemption_sync_point, asked at every call with a
-counter that only grows, as the service requires, across trials and resumes),
-and SIGINT, which reaches only the processes of one terminal, is agreed on at
-calls that already wait for the devices (`synced`: the trainer's log steps),
-where one allgather more costs nothing.
+(multihost_utils.reached_preemption_sync_point, asked with the training step
+at every step, as the service requires and as orbax's CheckpointManager asks
+it too: the two must use the same step ids), and SIGINT, which reaches only
+the processes of one terminal, is agreed on at calls that already wait for
+the devices (`synced`: the trainer's log steps), where one allgather more
+costs nothing. Between a sweep's trials (no step) only the local notes are
+agreed on; a SIGTERM that JAX's service takes there stops the next trial at
+the step the service picks.
 """
 
 import contextlib
-import itertools
 import signal
 import threading
 
@@ -42,7 +44,6 @@ EXIT_CODE = 75
 _NOTED = []  # signals received inside the outermost watch(), this process
 _AGREED = []  # once every process has agreed to stop, they stay stopped
 _DEPTH = [0]
-_CALLS = itertools.count(1)  # every process calls requested() equally often
 
 
 def _handler(signum, frame):
@@ -85,21 +86,24 @@ def watch():
       _AGREED.clear()
 
 
-def requested(synced):
+def requested(synced, step=None):
   """Whether to stop now, the same answer on every process (see the module docstring).
+
+  `step`: the training step just finished (None between trials).
 
   Once True, True until the outermost watch() ends: the sweep runner asks
   again after a trial the trainer stopped.
   """
-  if not _AGREED and _agree(synced):
+  if not _AGREED and _agree(synced, step):
     _AGREED.append(True)
   return bool(_AGREED)
 
 
-def _agree(synced):
+def _agree(synced, step):
   if jax.process_count() == 1:
     return bool(_NOTED)
-  if _jax_service() and multihost_utils.reached_preemption_sync_point(next(_CALLS)):
+  if (step is not None and _jax_service()
+      and multihost_utils.reached_preemption_sync_point(step)):
     return True
   if synced:  # every process's own note, agreed on where a wait costs nothing
     return bool(multihost_utils.process_allgather(np.int32(bool(_NOTED))).any())

@@ -49,6 +49,7 @@ from attention_research import checkpoints
 from attention_research import data
 from attention_research import models
 from attention_research import preemption
+from attention_research import sharding
 
 SCHEDULES = ("cosine", "rsqrt", "constant")
 # Which models fit which task kind (no generated task is a pair task yet, so
@@ -57,7 +58,9 @@ MODELS_FOR_KIND = {"classification": ("classifier",), "lm": ("decoder",)}
 # Fields a resumed run may change: they decide how long and how often, not
 # what is trained.
 RESUMABLE_CHANGES = ("total_steps", "log_every", "eval_every", "checkpoint_every",
-                     "keep_checkpoints", "num_eval_batches", "data_dir", "scale")
+                     "keep_checkpoints", "num_eval_batches", "data_dir", "scale", "mesh",
+                     "context_parallel")
+CONTEXT_PARALLEL = ("ring", "all_gather")
 
 
 def validate_config(config, num_devices):
@@ -92,9 +95,15 @@ def validate_config(config, num_devices):
     if config[field] is not None and not config[field] >= 0:
       raise ValueError(f"config.{field} must be >= 0 (grad_clip: 0 or None turns clipping "
                        f"off), got {config[field]!r}")
-  if config.batch_size % num_devices:
-    raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the number "
-                     f"of devices ({num_devices}); allowed: multiples of {num_devices}")
+  shape = sharding.mesh_shape(config.mesh, num_devices)
+  sharding.check_divides(shape, batch_size=config.batch_size, num_heads=settings.num_heads,
+                         max_len=config.max_len)
+  if config.context_parallel not in CONTEXT_PARALLEL:
+    raise ValueError(f"config.context_parallel: unknown strategy {config.context_parallel!r}; "
+                     f"allowed: {list(CONTEXT_PARALLEL)}")
+  if shape["context"] > 1:
+    raise ValueError(f"config.mesh.context={shape['context']}: context parallelism (ring and "
+                     f"all-gather attention) is not built yet; allowed: context=1")
   if config.num_eval_batches is not None and config.num_eval_batches < 1:
     raise ValueError(f"config.num_eval_batches must be None (the whole split) or a positive "
                      f"integer, got {config.num_eval_batches!r}")
@@ -290,12 +299,15 @@ def _train(config, settings, workdir, start_time, result, life):
     result["warnings"] = [note]
 
   # ------------------------------------------------------------------ mesh
-  # One data axis over every device of every process; the batch is split
-  # along it and the parameters are replicated.
-  mesh = jax.make_mesh((len(devices),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  # Four axes (data, fsdp, tensor, context) over every device of every
+  # process, sized by config.mesh; sharding.py's rules say what each splits.
+  mesh = sharding.make_mesh(sharding.mesh_shape(config.mesh, len(devices)), devices)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  batch_sharding = sharding.batch_sharding(mesh)
+  # This process loads the rows of each global batch its devices hold.
+  load_index, load_count = sharding.batch_loading(batch_sharding, config.batch_size)
+  logging.info("mesh: %s over %d devices, %d processes", sharding.describe(mesh), len(devices),
+               jax.process_count())
 
   # ------------------------------------------------------------------ data
   data_dir = os.path.expanduser(config.data_dir) if config.data_dir else None
@@ -306,10 +318,12 @@ def _train(config, settings, workdir, start_time, result, life):
   multihost_utils.sync_global_devices("data prepared")
   train_iter = data.train_iterator(config.task, task_options, data_dir=data_dir,
                                    global_batch_size=config.batch_size, max_len=config.max_len,
-                                   seed=config.seed)
+                                   seed=config.seed, process_index=load_index,
+                                   process_count=load_count)
 
   eval_split = data.eval_batches(config.task, task_options, data_dir=data_dir,
-                                 global_batch_size=config.batch_size, max_len=config.max_len)
+                                 global_batch_size=config.batch_size, max_len=config.max_len,
+                                 process_index=load_index, process_count=load_count)
   eval_batches = lambda: itertools.islice(eval_split, config.num_eval_batches)
 
   def to_global(batch):  # each process holds its rows of the global batch
@@ -331,7 +345,11 @@ def _train(config, settings, workdir, start_time, result, life):
             "step": jnp.zeros((), jnp.int32)}
 
   abstract_state = jax.eval_shape(init_state)
-  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+  state_sharding = sharding.state_shardings(abstract_state, mesh)
+  result.update(mesh=dict(mesh.shape), state_bytes_per_device=sharding.per_device_bytes(
+      abstract_state, state_sharding))
+  logging.info("train state: %.4g MB per device (parameters and optimizer state)",
+               result["state_bytes_per_device"] / 1e6)
   num_params = models.num_params(abstract_state["params"])
   flops_per_token = models.flops_per_token(settings, config.max_len, vocab_size=vocab_size,
                                            num_classes=num_classes)
@@ -413,6 +431,17 @@ def _train(config, settings, workdir, start_time, result, life):
   train_step = train_step.lower(state, to_global(example)).compile()
   step_memory = train_step.memory_analysis()
   result.update(train_step_temp_bytes=getattr(step_memory, "temp_size_in_bytes", None))
+  # Out of memory is a one-line error now, not a crash after the first step.
+  needed = sharding.step_bytes(step_memory)
+  limit = sharding.device_memory_bytes(jax.local_devices()[0])
+  if step_memory is not None and limit is not None and needed > limit:
+    raise MemoryError(
+        f"the train step needs {needed / 2**30:.3g} GiB per device "
+        f"({result['state_bytes_per_device'] / 2**30:.3g} GiB of parameters and optimizer "
+        f"state), but a {jax.local_devices()[0].platform} device has {limit / 2**30:.3g} GiB, on the mesh "
+        f"{sharding.describe(mesh)}; more devices on mesh.fsdp split the parameters and "
+        f"optimizer state, mesh.tensor the heads and MLP; a smaller batch_size or max_len "
+        f"shrinks the activations")
 
   def save_checkpoint(step, unlogged):
     checkpoints.save(manager, step, state, {
@@ -444,7 +473,7 @@ def _train(config, settings, workdir, start_time, result, life):
   diverged_step = None
   # A signal noted while preparing stops before the first step: the newest
   # checkpoint already holds this one.
-  preempted_step = first_step if preemption.requested(synced=True) else None
+  preempted_step = first_step if preemption.requested(synced=True, step=first_step) else None
   last_step = config.total_steps if preempted_step is None else first_step
   life["training"] = True
   logging.info("training from step %d to %d", first_step, last_step)
@@ -483,7 +512,7 @@ def _train(config, settings, workdir, start_time, result, life):
                    eval_metrics["accuracy"])
       last_log_time = time.time()  # evals do not count against steps/s
 
-    preempted = preemption.requested(synced=log_due)
+    preempted = preemption.requested(synced=log_due, step=step)
     if preempted and pending:  # mid-window: checked for NaN, then carried in the checkpoint
       pending = jax.device_get(pending)
       diverged_step = _first_non_finite(pending, step)

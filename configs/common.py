@@ -122,6 +122,11 @@ def base_config():
   c.adam_eps = 1e-8
   c.seed = 0
 
+  # Devices (attention_research/sharding.py): the size of each mesh axis; -1
+  # takes the devices left over. The default splits the batch over all of them.
+  c.mesh = config_dict.ConfigDict(dict(data=-1, fsdp=1, tensor=1, context=1))
+  c.context_parallel = "ring"                    # ring | all_gather, when mesh.context > 1
+
   # Bookkeeping.
   c.log_every = 50
   c.eval_every = 500

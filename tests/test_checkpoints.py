@@ -141,12 +141,9 @@ def test_a_rerun_after_the_last_checkpoint_keeps_numbers_for_speed(straight, tmp
 def test_digests_are_sha256_of_each_array_and_change_with_one_bit():
   state = {"w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3), "step": jnp.int32(7)}
   found = checkpoints.digests(state)
-  whole = (slice(None), slice(None))
-  expected = hashlib.sha256(b"float32 (2, 3)" + str(whole).encode()
-                            + np.arange(6, dtype=np.float32).tobytes()).hexdigest()
-  assert found["['w']"] == expected
-  assert found["['step']"] == hashlib.sha256(b"int32 ()" + b"()" +
-                                             np.int32(7).tobytes()).hexdigest()
+  expected = hashlib.sha256(b"float32 (2, 3)" + np.arange(6, dtype=np.float32).tobytes())
+  assert found["['w']"] == expected.hexdigest()
+  assert found["['step']"] == hashlib.sha256(b"int32 ()" + np.int32(7).tobytes()).hexdigest()
   flipped = np.arange(6, dtype=np.float32)
   flipped.view(np.uint32)[3] ^= 1
   other = checkpoints.digests({"w": jnp.asarray(flipped.reshape(2, 3)), "step": jnp.int32(7)})

@@ -69,7 +69,8 @@ UNSUCCESSFUL = ("failed", "diverged")
 MAX_DEATHS = 2
 PREEMPTED = "preempted"
 # Fields a finished trial's config may differ in and still count as done.
-BOOKKEEPING = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "data_dir")
+BOOKKEEPING = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "data_dir",
+               "mesh", "context_parallel")
 CLAIM = "claim.json"
 # The claims' timing (see claims.py), here too as part of the runner's API.
 HEARTBEAT_S = claims.HEARTBEAT_S
