@@ -200,16 +200,19 @@ def config_changes(config, saved_path, ignore=()):
 
 def read_result(workdir):
   """The workdir's result.json as a dict, or None if there is none."""
-  try:
+  try:  # not exists-then-open: a sweep may move an attempt aside in between
     with open(os.path.join(workdir, "result.json")) as f:
       return json.load(f)
   except FileNotFoundError:
     return None
 
 
-def _has_checkpoint(workdir):
+def latest_checkpoint_step(workdir):
+  """The step of the workdir's newest complete checkpoint, 0 if none (orbax names each
+  finished one by its step; temporary and corrupt ones have other names)."""
   directory = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return max((int(n) for n in names if n.isdigit()), default=0)
 
 
 def check_workdir(config, workdir):
@@ -220,7 +223,7 @@ def check_workdir(config, workdir):
   takes any config.
   """
   previous = read_result(workdir)
-  if not _has_checkpoint(workdir) and (previous is None or previous["status"] == "failed"):
+  if not latest_checkpoint_step(workdir) and (previous is None or previous["status"] == "failed"):
     return
   saved_path = os.path.join(workdir, "config.json")
   changed = config_changes(config, saved_path, RESUMABLE_CHANGES)

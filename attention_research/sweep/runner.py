@@ -132,11 +132,7 @@ def trial_dir(workdir, tid):
 
 def read_result(workdir, tid):
   """The trial's result.json as a dict, or None if it has none yet."""
-  try:  # not exists-then-open: another process may move an attempt aside in between
-    with open(os.path.join(trial_dir(workdir, tid), "result.json")) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
+  return train.read_result(trial_dir(workdir, tid))
 
 
 def trial_status(workdir, tid, claim_timeout_s=None):
@@ -222,11 +218,7 @@ def read_events(workdir):
 
 
 def _latest_checkpoint(workdir, tid):
-  """The step of the trial's newest complete checkpoint, 0 if none (orbax names each
-  finished one by its step; temporary and corrupt ones have other names)."""
-  directory = os.path.join(trial_dir(workdir, tid), "checkpoints")
-  names = os.listdir(directory) if os.path.isdir(directory) else []
-  return max((int(n) for n in names if n.isdigit()), default=0)
+  return train.latest_checkpoint_step(trial_dir(workdir, tid))
 
 
 def _deaths(workdir, tid):
