@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -43,11 +44,34 @@ def largest_array_file(step_dir):
              key=os.path.getsize)
 
 
+def stored_bytes(step_dir):
+  """Each array of the step's state as orbax alone reads it, or None if it does not read."""
+  try:
+    state = ocp.StandardCheckpointer().restore(os.path.join(step_dir, "state"))
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return [np.asarray(leaf).tobytes() for leaf in jax.tree_util.tree_leaves(state)]
+
+
 def flip_a_bit(step_dir):
+  """Flips one bit of the largest data file so that the step still reads, with a changed value.
+
+  The arrays are zstd frames packed in an order that varies from save to save,
+  and some bits (padding, superseded b-tree nodes) change nothing: a bit is
+  tried from the middle on until orbax, read alone, returns a different value.
+  """
   path = largest_array_file(step_dir)
+  original = stored_bytes(step_dir)
   raw = bytearray(open(path, "rb").read())
-  raw[len(raw) // 2] ^= 1
+  for at in range(len(raw) // 2, len(raw) // 2 + 64):
+    raw[at] ^= 1
+    open(path, "wb").write(bytes(raw))
+    changed = stored_bytes(step_dir)
+    if changed is not None and changed != original:
+      return
+    raw[at] ^= 1
   open(path, "wb").write(bytes(raw))
+  raise AssertionError(f"no bit from the middle of {path} on changes a value silently")
 
 
 def truncate(step_dir):
