@@ -5,7 +5,7 @@
     found = checkpoints.restore_latest(manager, abstract_state)  # (step, state, progress) or None
 
 A checkpoint holds two orbax items: "state" (the train state's arrays) and
-"progress" (JSON: whatever the trainer passes, plus "digests", the SHA-256 of
+"progress" (JSON: whatever the trainer passes, plus "digests", a digest of
 every array of "state", computed from the device arrays before the save).
 
 A restore reads the newest step and compares the digests. A checkpoint that
@@ -16,11 +16,11 @@ evidence, and it may be all there is), the log says which and why, and the
 next older one is tried. With none left the run starts over, and says so. A
 digest mismatch is never restored.
 
-On many processes each one verifies what it reads, and all of them fall back
-together if any one fails. A digest covers the whole array, so it does not
-depend on the mesh: a checkpoint verifies on another one. Only process 0's
-digests are saved, so an array sharded across processes (which no process
-sees whole) is refused at save time until digests are kept per process.
+On many processes all of them read, then all of them verify (the digests are
+computed together), and all fall back together if any one fails. A digest
+covers the whole array and does not depend on how it is cut (see `digests`):
+a checkpoint verifies on another mesh and another number of processes, and
+arrays split across processes (FSDP over hosts) are covered.
 """
 
 import hashlib
@@ -50,27 +50,70 @@ def open_manager(directory, keep):
       item_names=("state", "progress"))
 
 
+# The checksum's weights: an odd 64-bit number per flat position (Weyl sequence).
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_OFFSET = np.uint64(0x632BE59BD9B4E019)
+_CHUNK = 1 << 20  # elements a pass: the temporaries stay a few MB
+
+
 def digests(state):
-  """{path of each array in `state`: SHA-256 of its dtype, shape and contents}."""
+  """{path of each array in `state`: a digest of its dtype, shape and elements}.
+
+  The elements enter as sum(bits_i * w_i) mod 2^64 over flat positions i, with
+  w_i odd, then SHA-256 with the dtype and shape. A sum over positions does not
+  depend on how the array is cut: each process adds its own shards (one copy
+  of each), and the processes add their sums, so the digest is the same on any
+  mesh and any number of processes. Changing one element always changes it
+  (an odd weight times a nonzero difference is nonzero mod 2^64); more changes
+  go unseen with chance 2^-64. Every process must call it (it gathers).
+  """
   leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-  for path, leaf in leaves:
-    if not (leaf.is_fully_addressable or leaf.is_fully_replicated):
-      raise ValueError(f"checkpoint digests: state{jax.tree_util.keystr(path)} is sharded "
-                       f"across processes; only process 0's digests are saved, so every "
-                       f"array must be whole on every process (replicated)")
-  return {jax.tree_util.keystr(path): _digest(leaf) for path, leaf in leaves}
+  sums = np.array([_local_sum(leaf) for _, leaf in leaves], np.uint64)
+  if jax.process_count() > 1:  # uint32 halves: jax gathers 64-bit integers only with x64 on
+    halves = np.stack([sums & np.uint64(0xFFFFFFFF), sums >> np.uint64(32)], -1)
+    every = np.asarray(multihost_utils.process_allgather(halves.astype(np.uint32)))
+    every = every.astype(np.uint64)
+    sums = (every[..., 0] | (every[..., 1] << np.uint64(32))).sum(0, dtype=np.uint64)
+  return {jax.tree_util.keystr(path): hashlib.sha256(
+      f"{leaf.dtype} {tuple(leaf.shape)} {int(total)}".encode()).hexdigest()
+          for (path, leaf), total in zip(leaves, sums)}
 
 
-def _digest(array):
-  """SHA-256 of dtype, shape and the whole array's bytes: the same however it is sharded,
-  so a checkpoint verifies on another mesh."""
-  if array.is_fully_addressable:
-    whole = np.asarray(jax.device_get(array))
-  else:  # replicated over processes (digests() refuses the rest): any shard is the whole
-    whole = np.asarray(array.addressable_shards[0].data)
-  h = hashlib.sha256(f"{array.dtype} {array.shape}".encode())
-  h.update(np.ascontiguousarray(whole).tobytes())
-  return h.hexdigest()
+def _local_sum(array):
+  """This process's part of the checksum: its shards with replica id 0."""
+  if not isinstance(array, jax.Array):
+    array = np.asarray(array)
+    return _weighted_sum(array, tuple(slice(0, n) for n in array.shape), array.shape)
+  total = 0
+  for shard in array.addressable_shards:
+    if shard.replica_id == 0:
+      total += _weighted_sum(np.asarray(shard.data), shard.index, array.shape)
+  return total % (1 << 64)
+
+
+def _weighted_sum(data, index, shape):
+  """sum(bits * w) mod 2^64 over a block of an array of `shape` at `index` (slices)."""
+  data = np.asarray(data, order="C")  # (ascontiguousarray would make a scalar 1-d)
+  bits = data.reshape(-1).view(np.dtype(f"u{data.dtype.itemsize}"))
+  starts = [0 if s.start is None else s.start for s in index]
+  strides = np.cumprod((1,) + tuple(shape[:0:-1]))[::-1]  # row-major, in elements
+  # Flat positions of the block's rows (all axes but the last), then its columns.
+  rows = np.zeros(1, np.uint64)
+  for start, n, stride in zip(starts[:-1], data.shape[:-1], strides[:-1]):
+    axis = (start + np.arange(n, dtype=np.uint64)) * np.uint64(stride)
+    rows = (rows[:, None] + axis[None, :]).reshape(-1)
+  cols = np.zeros(1, np.uint64)
+  if data.ndim:
+    cols = np.arange(data.shape[-1], dtype=np.uint64) + np.uint64(starts[-1])
+  width = len(cols)
+  total = 0
+  per_pass = max(1, _CHUNK // max(width, 1))
+  for first in range(0, len(rows), per_pass):
+    pos = (rows[first:first + per_pass, None] + cols[None, :]).reshape(-1)
+    weights = (pos * _GOLDEN + _OFFSET) | np.uint64(1)
+    chunk = bits[first * width:(first + per_pass) * width].astype(np.uint64)
+    total += int((chunk * weights).sum(dtype=np.uint64))
+  return total % (1 << 64)
 
 
 def save(manager, step, state, progress):
@@ -92,10 +135,12 @@ def restore_latest(manager, abstract_state):
     try:
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), progress=ocp.args.JsonRestore()))
-      problem = _check(restored)
+      problem = None
     except Exception as e:  # pylint: disable=broad-except  # any unreadable checkpoint
       problem = f"it does not read: {type(e).__name__}: {_first_line(e)}"
     problem = _any_process(problem)
+    if problem is None:  # every process read it: now all verify it together
+      problem = _any_process(_check(restored))
     if problem is None:
       return step, restored["state"], restored["progress"]
     _move_aside(manager, step, problem)

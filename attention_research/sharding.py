@@ -10,8 +10,8 @@ Four named axes, each sized by `config.mesh` (-1: the devices left over):
   fsdp     the batch is split too, and so are the parameters and the optimizer
            state (ZeRO-3 / FSDP: XLA gathers a weight where it is used).
   tensor   attention heads and the MLP's hidden units are split (Megatron).
-  context  the sequence is split (context parallelism; refused until its
-           attention exists).
+  context  the sequence is split: the tokens and activations, and attention
+           itself runs split (ring or all-gather, attention/context.py).
 
 Each parameter gets logical axis names from its path (PARAM_AXES, a table
 in place of flax's `with_logical_partitioning`: the modules stay plain, and
@@ -184,6 +184,20 @@ def state_shardings(abstract_state, mesh):
 def batch_sharding(mesh):
   """Batches [B, ...] split over data x fsdp, whole along the other axes."""
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+
+
+def constrain_batch(batch, mesh):
+  """Inside a jitted step: the batch's [B, L, ...] arrays split along the sequence over
+  `context` as well (each device keeps its part of the rows it holds, no communication),
+  so activations are split from the embedding on; 1-D arrays keep the batch split."""
+  if mesh.shape["context"] == 1:
+    return batch
+  rows = ("data", "fsdp")
+  def constrain(x):
+    split = x.ndim > 1 and x.shape[1] % mesh.shape["context"] == 0
+    spec = jax.sharding.PartitionSpec(rows, "context") if split else jax.sharding.PartitionSpec(rows)
+    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+  return {k: constrain(v) for k, v in batch.items()}
 
 
 def batch_loading(sharding, global_batch_size):

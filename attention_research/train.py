@@ -27,6 +27,7 @@ config's run) writes nothing; rerunning a completed run with the same config
 returns its result untouched.
 """
 
+import dataclasses
 import datetime
 import functools
 import itertools
@@ -101,9 +102,11 @@ def validate_config(config, num_devices):
   if config.context_parallel not in CONTEXT_PARALLEL:
     raise ValueError(f"config.context_parallel: unknown strategy {config.context_parallel!r}; "
                      f"allowed: {list(CONTEXT_PARALLEL)}")
-  if shape["context"] > 1:
-    raise ValueError(f"config.mesh.context={shape['context']}: context parallelism (ring and "
-                     f"all-gather attention) is not built yet; allowed: context=1")
+  strategies = sorted(attention.variant(settings.attention).context)
+  if shape["context"] > 1 and config.context_parallel not in strategies:
+    raise ValueError(f"config.context_parallel={config.context_parallel!r}: attention "
+                     f"{settings.attention!r} has no such context-parallel strategy; allowed "
+                     f"with mesh.context={shape['context']}: {strategies}")
   if config.num_eval_batches is not None and config.num_eval_batches < 1:
     raise ValueError(f"config.num_eval_batches must be None (the whole split) or a positive "
                      f"integer, got {config.num_eval_batches!r}")
@@ -311,6 +314,10 @@ def _train(config, settings, workdir, start_time, result, life):
   load_index, load_count = sharding.batch_loading(batch_sharding, config.batch_size)
   logging.info("mesh: %s over %d devices, %d processes", sharding.describe(mesh), len(devices),
                jax.process_count())
+  if mesh.shape["context"] > 1:  # attention splits the sequence; so do the activations
+    settings = dataclasses.replace(settings, context_parallel=(mesh, config.context_parallel))
+    logging.info("context parallelism: %s attention, %s", config.context_parallel,
+                 settings.attention)
 
   # ------------------------------------------------------------------ data
   data_dir = os.path.expanduser(config.data_dir) if config.data_dir else None
@@ -364,6 +371,7 @@ def _train(config, settings, workdir, start_time, result, life):
   # ----------------------------------------------------------- update step
   @functools.partial(jax.jit, donate_argnums=0, out_shardings=(state_sharding, replicated))
   def train_step(state, batch):
+    batch = sharding.constrain_batch(batch, mesh)
     dropout_key = jax.random.fold_in(dropout_root, state["step"])
 
     def loss_fn(params):
@@ -383,6 +391,7 @@ def _train(config, settings, workdir, start_time, result, life):
 
   @functools.partial(jax.jit, out_shardings=replicated)
   def eval_step(params, batch):
+    batch = sharding.constrain_batch(batch, mesh)
     logits = model.apply({"params": params}, batch["inputs"], batch["input_mask"], train=False)
     return loss_and_metrics(logits, batch, task.kind)
 

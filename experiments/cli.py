@@ -68,11 +68,29 @@ def _quiet(record):
   return not str(record.msg).startswith(_EXPECTED_WARNINGS)
 
 
-def setup(cache_dir, distributed):
-  """Quiet logs, jax.distributed (before anything touches devices), the compile cache."""
+def define_distributed_flags(what_runs):
+  """--distributed and, where the environment does not say, where the peers are."""
+  return (
+      flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first: one "
+                        f"process per host of a TPU pod slice or multi-host GPU job, {what_runs}."),
+      flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of "
+                          "process 0; unset: found from the environment (TPU VMs, Slurm, ...)."),
+      flags.DEFINE_integer("num_processes", None, "With --distributed: processes in all "
+                           "(unset: from the environment)."),
+      flags.DEFINE_integer("process_id", None, "With --distributed: this process's index "
+                           "(unset: from the environment)."))
+
+
+def setup(cache_dir, distributed=None):
+  """Quiet logs, jax.distributed (before anything touches devices), the compile cache.
+
+  `distributed`: the flags of define_distributed_flags, or None.
+  """
   logging.get_absl_handler().addFilter(_quiet)
-  if distributed:
-    jax.distributed.initialize()
+  if distributed is not None and distributed[0].value:
+    jax.distributed.initialize(coordinator_address=distributed[1].value,
+                               num_processes=distributed[2].value,
+                               process_id=distributed[3].value)
   if cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -44,9 +44,7 @@ _NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Split the trials N ways..."
 _SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "...and run every N-th from this one.")
 _RETRY = flags.DEFINE_bool("retry_failed", False, "Run failed and diverged trials again (the "
                            "earlier attempt is kept under attempts/).")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first: one process per host of a "
-    "TPU pod slice or multi-host GPU job, all running every trial together.")
+_DISTRIBUTED = cli.define_distributed_flags("all running every trial together")
 _CLAIM_TIMEOUT = flags.DEFINE_integer(
     "claim_timeout_s", runner.STALE_AFTER_S, "A trial claimed by a process on another host "
     "whose heartbeat is older than this is taken over (a host that was preempted, say); on "
@@ -85,7 +83,7 @@ def status_listing(trials, workdir, num_shards, claim_timeout_s):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.setup(_CACHE.value, _DISTRIBUTED.value)
+  cli.setup(_CACHE.value, _DISTRIBUTED)
   runner.check_shard(_NUM_SHARDS.value, _SHARD_INDEX.value)
   config = cli.checked_config(_CONFIG)
   path = cli.config_path()

@@ -29,16 +29,14 @@ _CONFIG = cli.define_config_flag("Config file, e.g. configs/tasks/mqar.py:scale=
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, result.")
 _CACHE = flags.DEFINE_string("jax_cache_dir", "~/.cache/attention_research/jax",
                              "Persistent compilation cache ('' turns it off).")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first: one process per host of a "
-    "TPU pod slice or multi-host GPU job (it finds its peers from the environment).")
+_DISTRIBUTED = cli.define_distributed_flags("each training its part of the run")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.setup(_CACHE.value, _DISTRIBUTED.value)
+  cli.setup(_CACHE.value, _DISTRIBUTED)
   config = cli.checked_config(_CONFIG)
   try:  # a config mistake, or a workdir of another config's run: one line, nothing written
     train.validate_config(config, len(jax.devices()))

@@ -162,16 +162,35 @@ def test_a_rerun_after_the_last_checkpoint_keeps_numbers_for_speed(straight, tmp
   assert result["train_tokens_per_s"] > 0
 
 
-def test_digests_are_sha256_of_each_array_and_change_with_one_bit():
-  state = {"w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3), "step": jnp.int32(7)}
+def reference_digest(array):
+  """The digest from its definition, one element at a time in Python integers."""
+  array = np.asarray(array)
+  bits = array.reshape(-1).view(f"u{array.dtype.itemsize}")
+  total = sum(int(b) * ((i * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64 | 1)
+              for i, b in enumerate(bits)) % 2**64
+  return hashlib.sha256(f"{array.dtype} {array.shape} {total}".encode()).hexdigest()
+
+
+def test_digests_follow_their_definition_and_change_with_one_bit():
+  w = np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 7.5
+  state = {"w": jnp.asarray(w), "step": jnp.int32(7), "h": jnp.ones((5,), jnp.bfloat16)}
   found = checkpoints.digests(state)
-  expected = hashlib.sha256(b"float32 (2, 3)" + np.arange(6, dtype=np.float32).tobytes())
-  assert found["['w']"] == expected.hexdigest()
-  assert found["['step']"] == hashlib.sha256(b"int32 ()" + np.int32(7).tobytes()).hexdigest()
-  flipped = np.arange(6, dtype=np.float32)
-  flipped.view(np.uint32)[3] ^= 1
-  other = checkpoints.digests({"w": jnp.asarray(flipped.reshape(2, 3)), "step": jnp.int32(7)})
-  assert other["['w']"] != found["['w']"] and other["['step']"] == found["['step']"]
+  assert found == {"['w']": reference_digest(w), "['step']": reference_digest(np.int32(7)),
+                   "['h']": reference_digest(np.ones((5,), jnp.bfloat16))}
+  for element in range(w.size):  # any one bit of any one element
+    flipped = w.copy()
+    flipped.reshape(-1).view(np.uint32)[element] ^= 1 << (element % 32)
+    assert checkpoints.digests({"w": jnp.asarray(flipped)})["['w']"] != found["['w']"]
+
+
+def test_a_digest_adds_up_over_any_cut_of_the_array():
+  """What lets each process add its own shards: blocks at their positions sum to the whole."""
+  w = np.random.default_rng(0).standard_normal((4, 6, 5)).astype(np.float32)
+  whole = checkpoints._weighted_sum(w, (slice(0, 4), slice(0, 6), slice(0, 5)), w.shape)
+  cuts = [(slice(0, 2), slice(0, 6), slice(0, 5)), (slice(2, 4), slice(0, 3), slice(0, 5)),
+          (slice(2, 4), slice(3, 6), slice(0, 2)), (slice(2, 4), slice(3, 6), slice(2, 5))]
+  parts = sum(checkpoints._weighted_sum(w[cut], cut, w.shape) for cut in cuts) % 2**64
+  assert parts == whole
 
 
 def test_progress_records_the_digests_of_the_state_it_saved(straight):

@@ -4,16 +4,25 @@ on 8 simulated devices, equal to one device; checkpoints that move between meshe
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import types
 
 import numpy as np
 import pytest
 
+from attention_research import preemption
 from attention_research import sharding
 from attention_research import train
+from tests.test_sweep import free_port
+from tests.test_train import ROOT
 from tests.test_train import read_jsonl
+from tests.test_train import run_env
 from tests.test_train import run_to_end
 from tests.test_train import tiny_config
+from tests.test_train import train_command
 
 
 @pytest.mark.parametrize("mesh, devices, expected", [
@@ -43,6 +52,10 @@ def test_bad_meshes_are_named(mesh, devices, message):
                                              r"fsdp = 2 x 4 = 8"),
     ("num_heads", 2, dict(data=2, tensor=4), r"mesh.tensor=4 must divide config.num_heads=2"),
     ("max_len", 28, dict(data=1, context=8), r"mesh.context=8 must divide config.max_len=28"),
+    ("attention", "strided", dict(data=4, context=2), r"config.context_parallel='ring': "
+                                                      r"attention 'strided' has no such "
+                                                      r"context-parallel strategy; allowed with "
+                                                      r"mesh.context=2: \['all_gather'\]"),
     ("context_parallel", "zigzag", dict(data=-1), r"config.context_parallel: unknown strategy "
                                                   r"'zigzag'; allowed: \['ring', 'all_gather'\]"),
 ])
@@ -96,6 +109,10 @@ MESHES = {
     "data2-fsdp2-tensor2": ["--config.mesh.data=2", "--config.mesh.fsdp=2",
                             "--config.mesh.tensor=2"],
     "fsdp8": ["--config.mesh.data=1", "--config.mesh.fsdp=8"],
+    "data2-context4-ring": ["--config.mesh.data=2", "--config.mesh.context=4",
+                            "--config.context_parallel=ring"],
+    "context8-all_gather": ["--config.mesh.data=1", "--config.mesh.context=8",
+                            "--config.context_parallel=all_gather"],
 }
 
 
@@ -126,8 +143,9 @@ def test_training_over_a_mesh_follows_one_device(one_device, tmp_path, layout):
   # The state is split: fsdp 8 holds about an eighth of it (the q/k/v biases
   # have no embed axis and stay whole); fsdp 2 x tensor 2 splits the heads and
   # MLP four ways, the embeddings and norms (no tensor rule) two ways.
+  # Data and context parallelism keep the whole state on every device.
   ratio = reference["state_bytes_per_device"] / result["state_bytes_per_device"]
-  assert ratio > (7.0 if layout == "fsdp8" else 3.0), ratio
+  assert ratio > {"fsdp8": 7.0, "data2-fsdp2-tensor2": 3.0}.get(layout, 0.99), ratio
 
 
 def test_a_checkpoint_resumes_on_another_mesh_and_device_count(one_device, tmp_path):
@@ -155,3 +173,91 @@ def test_a_checkpoint_resumes_on_another_mesh_and_device_count(one_device, tmp_p
                                rtol=2e-5)
   assert json.load(open(second / "result.json"))["mesh"] == dict(data=2, fsdp=1, tensor=2,
                                                                  context=1)
+
+
+# ------------------------------------- two processes of 4 simulated devices
+
+def start_two(workdir, data_dir, *extra):
+  """Both processes of a jax.distributed run of the train binary on localhost."""
+  port = free_port()
+  return [subprocess.Popen(
+      train_command(workdir, data_dir, "--distributed", f"--coordinator_address=localhost:{port}",
+                    "--num_processes=2", f"--process_id={i}", *extra),
+      cwd=ROOT, env=run_env(devices=4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+
+
+def finish(procs, timeout=300):
+  outputs = [p.communicate(timeout=timeout) for p in procs]
+  return [p.returncode for p in procs], [err[-3000:] for _, err in outputs]
+
+
+LONG = ["--config.total_steps=100", "--config.checkpoint_every=20", "--config.keep_checkpoints=10"]
+# fsdp crosses the two processes (each holds half the state: the digests add up over
+# processes); ring attention runs over the context pairs within each.
+TWO_HOST_MESH = ["--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.mesh.context=2",
+                 "--config.context_parallel=ring"]
+
+
+def test_two_processes_train_as_one_and_a_sigterm_to_one_stops_both_at_one_step(tmp_path):
+  """A pod slice: two hosts of four devices train the losses of one device, write one
+  result, and a maintenance event reaching one host checkpoints the same step on both,
+  from which the rerun finishes equal."""
+  data_dir = tmp_path / "data"
+  reference = run_to_end(tmp_path / "one", data_dir, *LONG)
+  workdir = tmp_path / "two"
+  procs = start_two(workdir, data_dir, *LONG, *TWO_HOST_MESH)
+  first = workdir / "checkpoints" / "20"
+  deadline = time.time() + 240
+  while time.time() < deadline and not first.exists() and procs[1].poll() is None:
+    time.sleep(0.005)
+  procs[1].send_signal(signal.SIGTERM)
+  codes, errors = finish(procs)
+  assert codes == [preemption.EXIT_CODE] * 2, errors
+  stopped = json.load(open(workdir / "result.json"))
+  assert stopped["status"] == "preempted" and 20 < stopped["step"] < 100, stopped
+  saved = sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit())
+  assert saved[-1] == stopped["step"]
+
+  codes, errors = finish(start_two(workdir, data_dir, *LONG, *TWO_HOST_MESH))
+  assert codes == [0, 0], errors
+  resumed = json.load(open(workdir / "result.json"))
+  assert resumed["resumed_from_step"] == stopped["step"]  # its digests verified
+  assert resumed["num_devices"] == 8 and resumed["mesh"] == dict(data=1, fsdp=4, tensor=1,
+                                                                 context=2)
+  # Float32 reassociation over shards, as above, over 100 steps.
+  np.testing.assert_allclose(losses(workdir), losses(tmp_path / "one"), rtol=5e-5)
+  np.testing.assert_allclose(resumed["final_eval"]["loss"], reference["final_eval"]["loss"],
+                             rtol=5e-5)
+
+
+def sweep_command(workdir, data_dir, *extra):
+  return [sys.executable, "-m", "experiments.sweep", "--config=tests/fixtures/tiny_sweep.py",
+          f"--workdir={workdir}", f"--config.data_dir={data_dir}", "--num_shards=4",
+          "--shard_index=0", f"--jax_cache_dir={os.path.join(ROOT, 'tests', '.jax_cache')}",
+          *extra]
+
+
+def test_a_distributed_sweep_runs_its_trial_over_both_processes_mesh(tmp_path):
+  data_dir = tmp_path / "data"
+  one = subprocess.run(sweep_command(tmp_path / "one", data_dir), cwd=ROOT, env=run_env(),
+                       capture_output=True, text=True, timeout=300)
+  assert one.returncode == 0, one.stderr[-3000:]
+  port = free_port()
+  procs = [subprocess.Popen(
+      sweep_command(tmp_path / "two", data_dir, "--distributed",
+                    f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                    f"--process_id={i}", "--config.mesh.data=2", "--config.mesh.fsdp=4"),
+      cwd=ROOT, env=run_env(devices=4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  codes, errors = finish(procs)
+  assert codes == [0, 0], errors
+  (trial,) = os.listdir(tmp_path / "one" / "trials")
+  assert os.listdir(tmp_path / "two" / "trials") == [trial]  # one trial, run once by both
+  want = json.load(open(tmp_path / "one" / "trials" / trial / "result.json"))
+  got = json.load(open(tmp_path / "two" / "trials" / trial / "result.json"))
+  assert got["status"] == "completed" and got["num_devices"] == 8
+  assert got["mesh"] == dict(data=2, fsdp=4, tensor=1, context=1)
+  np.testing.assert_allclose(losses(tmp_path / "two" / "trials" / trial),
+                             losses(tmp_path / "one" / "trials" / trial), rtol=2e-5)
+  np.testing.assert_allclose(got["final_eval"]["loss"], want["final_eval"]["loss"], rtol=2e-5)

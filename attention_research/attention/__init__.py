@@ -34,6 +34,7 @@ import numpy as np
 
 from attention_research.attention import blockwise as _blockwise
 from attention_research.attention import common as _common
+from attention_research.attention import context as _context
 from attention_research.attention import dense as _dense
 from attention_research.attention import linear as _linear
 from attention_research.attention import masks
@@ -50,6 +51,7 @@ class Variant:
   mask: Optional[Callable]         # (q_len, k_len, *, causal, **options) -> bool [Lq, Lk]
   options: dict                    # option name -> default
   cost: Callable                   # (seq_len, *, heads, kv_heads, head_dim, causal, **options)
+  context: dict = dataclasses.field(default_factory=dict)  # strategy -> per-shard function
 
   def resolved_options(self, options=None) -> dict:
     """The defaults overridden by `options`; an unknown option is a ValueError."""
@@ -68,9 +70,10 @@ class Variant:
 
 
 _REGISTRY: dict[str, Variant] = {}
+CONTEXT_STRATEGIES = ("ring", "all_gather")
 
 
-def register(name, fn, *, exact, cost, mask=None):
+def register(name, fn, *, exact, cost, mask=None, context=None):
   """Adds `fn` under `name`; returns it wrapped so unknown options are a ValueError.
 
   Args:
@@ -81,11 +84,17 @@ def register(name, fn, *, exact, cost, mask=None):
       forward FLOPs per query token; receives every option of `fn`.
     mask: an exact variant's pattern (q_len, k_len, *, causal, **options) ->
       NumPy bool [Lq, Lk].
+    context: {strategy: per-shard function} for context parallelism
+      (context.py); the strategies are CONTEXT_STRATEGIES.
   """
   if name in _REGISTRY:
     raise ValueError(f"attention variant {name!r} is already registered")
   if exact and mask is None:
     raise ValueError(f"exact attention variant {name!r} needs a mask function")
+  unknown = sorted(set(context or {}) - set(CONTEXT_STRATEGIES))
+  if unknown:
+    raise ValueError(f"attention variant {name!r}: unknown context strategies {unknown}; "
+                     f"allowed: {list(CONTEXT_STRATEGIES)}")
   if not callable(cost):
     raise ValueError(f"attention variant {name!r}: `cost` must be a function of the shapes "
                      f"and options, got {cost!r}")
@@ -106,7 +115,7 @@ def register(name, fn, *, exact, cost, mask=None):
                        f"computation, so it cannot be traced), got {causal!r}")
     return fn(query, key, value, **kwargs)
 
-  _REGISTRY[name] = Variant(name, checked, exact, mask, options, cost)
+  _REGISTRY[name] = Variant(name, checked, exact, mask, options, cost, dict(context or {}))
   return checked
 
 
@@ -131,6 +140,24 @@ def variant(name) -> Variant:
 def get(name) -> Callable:
   """The attention function registered under `name`."""
   return variant(name).fn
+
+
+def context_parallel(name, mesh, strategy) -> Callable:
+  """Variant `name` over the sequence split along `mesh`'s "context" axis
+  (context.py), by `strategy` ("ring" or "all_gather"): a function with the
+  variant's contract. A strategy the variant lacks is a ValueError naming both."""
+  v = variant(name)
+  if strategy not in v.context:
+    raise ValueError(f"attention {name!r} has no context-parallel strategy {strategy!r}; it "
+                     f"has {sorted(v.context) or 'none'} (strategies: "
+                     f"{list(CONTEXT_STRATEGIES)})")
+  _context.check_mesh(mesh)
+
+  def attend(query, key, value, *, causal=False, kv_mask=None, **options):
+    v.resolved_options(options)
+    return _context.shard(name, v.context[strategy], mesh, query, key, value, causal=causal,
+                          kv_mask=kv_mask, options=options)
+  return attend
 
 
 _LONG = 1 << 20  # a length at which every sparse pattern skips most keys
@@ -186,17 +213,22 @@ def _ignoring_alibi(mask_fn):
 
 # The functions are reached through get(name); module attributes named after
 # variants stay the submodules (dense.py, blockwise.py, ...).
-register("dense", _dense.dense, exact=True, mask=_dense_mask, cost=_dense.flops_per_query)
+register("dense", _dense.dense, exact=True, mask=_dense_mask, cost=_dense.flops_per_query,
+         context={"ring": _dense.context_ring, "all_gather": _dense.context_all_gather})
 register("blockwise", _blockwise.blockwise, exact=True, cost=_dense.flops_per_query,
-         mask=lambda q_len, k_len, *, causal=False, **_: masks.full_mask(q_len, k_len, causal=causal))
+         mask=lambda q_len, k_len, *, causal=False, **_: masks.full_mask(q_len, k_len, causal=causal),
+         context={"ring": _blockwise.context_ring, "all_gather": _blockwise.context_all_gather})
 register("local", _sparse.local, exact=True, mask=_ignoring_alibi(masks.local_mask),
-         cost=_sparse.local_flops_per_query)
+         cost=_sparse.local_flops_per_query,
+         context={"ring": _sparse.local_context, "all_gather": _sparse.local_context})
 register("strided", _sparse.strided, exact=True, mask=masks.strided_mask,
-         cost=_sparse.strided_flops_per_query)
+         cost=_sparse.strided_flops_per_query, context={"all_gather": _sparse.strided_context})
 register("bigbird", _sparse.bigbird, exact=True, mask=masks.bigbird_mask,
-         cost=_sparse.bigbird_flops_per_query)
-register("linear", _linear.linear, exact=False, cost=_linear.linear_flops_per_query)
-register("performer", _linear.performer, exact=False, cost=_linear.performer_flops_per_query)
+         cost=_sparse.bigbird_flops_per_query, context={"all_gather": _sparse.bigbird_context})
+register("linear", _linear.linear, exact=False, cost=_linear.linear_flops_per_query,
+         context={"ring": _linear.linear_context, "all_gather": _linear.linear_context})
+register("performer", _linear.performer, exact=False, cost=_linear.performer_flops_per_query,
+         context={"ring": _linear.performer_context, "all_gather": _linear.performer_context})
 
 local_mask = masks.local_mask
 strided_mask = masks.strided_mask

@@ -12,11 +12,13 @@ positions, in both passes, so it keeps that memory bound too.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from attention_research.attention import common
+from attention_research.attention import context
 
 
 def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=None, block_k=512,
@@ -63,7 +65,7 @@ def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=None, bl
 
 def attention_with_lse(query, key, value, *, causal=False, kv_mask=None, block_q=None,
                        block_k=512, bwd_block_q=512, bwd_block_k=256, sequential_heads=None,
-                       alibi_slopes=None, variant="blockwise", out_dtype=None):
+                       alibi_slopes=None, variant="blockwise", out_dtype=None, positions=None):
   """`blockwise`, also returning the log-sum-exp of each row's logits.
 
   Returns (out [B, Lq, H, D], lse [B, Lq, H] float32, -inf for a row with no
@@ -71,10 +73,23 @@ def attention_with_lse(query, key, value, *, causal=False, kv_mask=None, block_q
   attention over other keys (the strided variant does, with out_dtype=float32
   so that bfloat16 outputs are rounded once, after the merge). With
   `alibi_slopes` the logits include the ALiBi bias (positions top-left aligned
-  within this call's query and key), and so does the lse.
+  within this call's query and key), and so does the lse. `positions` (a
+  `Positions`; None: top-left aligned) places the rows elsewhere in the
+  sequence, for the causal mask and ALiBi: context parallelism's shards.
   """
   s = common.check_inputs(variant, query, key, value, kv_mask)
   slopes = common.check_alibi_slopes(variant, alibi_slopes, s.heads)
+  fwd_blocks, bwd_blocks, sequential_heads = _resolve_blocks(
+      variant, s, causal, block_q, block_k, bwd_block_q, bwd_block_k, sequential_heads)
+  q, k, v, slopes = kernel_layout(query, key, value, slopes, s)
+  out, lse = _flash(q, k, v, kv_mask, slopes, positions or Positions(), causal, fwd_blocks,
+                    bwd_blocks, sequential_heads)
+  return sequence_layout(out, lse, s, out_dtype or query.dtype)
+
+
+def _resolve_blocks(variant, s, causal, block_q, block_k, bwd_block_q, bwd_block_k,
+                    sequential_heads):
+  """(forward blocks, backward blocks, sequential_heads) with the defaults of `blockwise`."""
   if sequential_heads is None:
     sequential_heads = jax.default_backend() == "cpu"
   elif not isinstance(sequential_heads, bool):
@@ -86,20 +101,29 @@ def attention_with_lse(query, key, value, *, causal=False, kv_mask=None, block_q
                 min(common.positive_int(variant, "block_k", block_k), s.k_len))
   bwd_blocks = (min(common.positive_int(variant, "bwd_block_q", bwd_block_q), s.q_len),
                 min(common.positive_int(variant, "bwd_block_k", bwd_block_k), s.k_len))
+  return fwd_blocks, bwd_blocks, sequential_heads
 
-  # [B, Hkv, G, L, D]: one key/value head serves G query heads in one matmul.
+
+def kernel_layout(query, key, value, slopes, s):
+  """The kernels' layout: q [B, Hkv, G, Lq, D] (scaled by 1/sqrt(D)), k and v
+  [B, Hkv, Lk, D], slopes (or None) [B, Hkv, G]: one key/value head serves its
+  G query heads in one matmul, and the slopes are laid out like q's leading
+  axes, so _per_head can pick them too."""
   q = query * jnp.asarray(common.default_scale(s.head_dim), query.dtype)
   q = q.reshape(s.batch, s.q_len, s.kv_heads, s.groups, s.head_dim).transpose(0, 2, 3, 1, 4)
   k, v = key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3)
-  if slopes is not None:  # laid out like q's leading axes, so _per_head can pick them too
+  if slopes is not None:
     slopes = jnp.broadcast_to(slopes.reshape(1, s.kv_heads, s.groups),
                               (s.batch, s.kv_heads, s.groups))
+  return q, k, v, slopes
 
-  out, lse = _flash(q, k, v, kv_mask, slopes, causal, fwd_blocks, bwd_blocks, sequential_heads)
-  out = out.transpose(0, 3, 1, 2, 4)
-  out = out.reshape(s.batch, s.q_len, s.heads, s.head_dim).astype(out_dtype or query.dtype)
+
+def sequence_layout(out, lse, s, dtype):
+  """The kernels' out and lse back to [B, Lq, H, D] in `dtype` and [B, Lq, H]
+  float32, -inf for a row with no key."""
+  out = out.transpose(0, 3, 1, 2, 4).reshape(s.batch, s.q_len, s.heads, s.head_dim)
   lse = lse.transpose(0, 3, 1, 2).reshape(s.batch, s.q_len, s.heads)
-  return out, jnp.where(jnp.isfinite(lse), lse, -jnp.inf)
+  return out.astype(dtype), jnp.where(jnp.isfinite(lse), lse, -jnp.inf)
 
 
 def _balanced_block(length, largest):
@@ -124,45 +148,72 @@ def _padded_keys(k, v, kv_mask, bk):
           common.pad_axis(k_valid, 1, lk_pad, value=False))
 
 
-def _block_mask(k_valid, causal, qi, kj, bq, bk):
+class Positions(NamedTuple):
+  """Where the rows of a call sit in the sequence: query row r is at position
+  q_start + q_stride * r, key row c at k_start + k_stride * c. The causal mask
+  and ALiBi read these positions. One device's call has the default (0, 1, 0, 1);
+  under context parallelism each shard's rows start elsewhere, and a striped
+  shard holds every n-th position (ints, or traced int32 scalars)."""
+  q_start: object = 0
+  q_stride: object = 1
+  k_start: object = 0
+  k_stride: object = 1
+
+  def query(self, first, rows):
+    return self.q_start + self.q_stride * (first + jnp.arange(rows))
+
+  def key(self, first, rows):
+    return self.k_start + self.k_stride * (first + jnp.arange(rows))
+
+
+def _block_mask(k_valid, causal, qi, kj, bq, bk, pos):
   """bool mask broadcastable to [B, Hkv, G, bq, bk], or None if all allowed."""
   mask = None
   if k_valid is not None:
     mask = jax.lax.dynamic_slice_in_dim(k_valid, kj * bk, bk, axis=1)[:, None, None, None, :]
   if causal:
-    q_pos = qi * bq + jnp.arange(bq)
-    k_pos = kj * bk + jnp.arange(bk)
-    tri = q_pos[:, None] >= k_pos[None, :]
+    tri = pos.query(qi * bq, bq)[:, None] >= pos.key(kj * bk, bk)[None, :]
     mask = tri if mask is None else mask & tri
   return mask
 
 
-def _block_logits(q_blk, k_blk, k_valid, slopes, causal, qi, kj, bq, bk):
+def _block_logits(q_blk, k_blk, k_valid, slopes, causal, qi, kj, bq, bk, pos):
   """Logits of one [bq, bk] tile, biased and masked (-inf where not allowed)."""
   logits = jnp.einsum("bhgqd,bhkd->bhgqk", q_blk, k_blk, preferred_element_type=jnp.float32)
-  return _bias_and_mask(logits, k_valid, slopes, causal, qi, kj, bq, bk)
+  return _bias_and_mask(logits, k_valid, slopes, causal, qi, kj, bq, bk, pos)
 
 
-def _bias_and_mask(logits, k_valid, slopes, causal, qi, kj, bq, bk):
+def _bias_and_mask(logits, k_valid, slopes, causal, qi, kj, bq, bk, pos):
   """Tile qi, kj's logits plus the ALiBi bias, -inf where not allowed."""
   if slopes is not None:
-    q_pos = qi * bq + jnp.arange(bq)
-    k_pos = kj * bk + jnp.arange(bk)
-    logits = logits + common.alibi_bias(slopes[..., None, None], q_pos[:, None], k_pos[None, :])
-  mask = _block_mask(k_valid, causal, qi, kj, bq, bk)
+    logits = logits + common.alibi_bias(slopes[..., None, None], pos.query(qi * bq, bq)[:, None],
+                                        pos.key(kj * bk, bk)[None, :])
+  mask = _block_mask(k_valid, causal, qi, kj, bq, bk, pos)
   if mask is not None:
     logits = jnp.where(mask, logits, -jnp.inf)
   return logits
 
 
-def _num_key_blocks(qi, causal, bq, bk, nk):
-  """Key blocks query block qi needs: all, or those up to the diagonal."""
+def _num_key_blocks(qi, causal, bq, bk, nk, pos):
+  """Key blocks query block qi needs: all, or those that start at or before
+  its last position (causal; the rest are wholly masked)."""
   if not causal:
     return nk
-  return jnp.minimum(nk, ((qi + 1) * bq + bk - 1) // bk)
+  last_query = pos.q_start + pos.q_stride * ((qi + 1) * bq - 1)
+  return jnp.clip((last_query - pos.k_start) // (pos.k_stride * bk) + 1, 0, nk)
 
 
-def _forward(q, k, v, k_valid, slopes, causal, bq, bk):
+def _first_query_block(kj, causal, bq, bk, nq, pos):
+  """The first query block that sees key block kj: 0, or (causal) the first
+  whose last position is at or after the block's first key."""
+  if not causal:
+    return 0
+  first_key = pos.k_start + pos.k_stride * kj * bk
+  rows = -((pos.q_start - first_key) // pos.q_stride)  # query rows before first_key, rounded up
+  return jnp.clip(rows // bq, 0, nq)
+
+
+def _forward(q, k, v, k_valid, slopes, causal, bq, bk, pos=Positions()):
   """Returns out [B, Hkv, G, Lq, D] (float32) and lse [B, Hkv, G, Lq]."""
   b, hkv, g, lq, d = q.shape
   nk = k.shape[2] // bk
@@ -177,7 +228,7 @@ def _forward(q, k, v, k_valid, slopes, causal, bq, bk):
       k_blk = jax.lax.dynamic_index_in_dim(k_blocks, kj, axis=2, keepdims=False)
       v_blk = jax.lax.dynamic_slice_in_dim(v, kj * bk, bk, axis=2)
       logits = jnp.einsum("bhgqd,bhdk->bhgqk", q_blk, k_blk, preferred_element_type=jnp.float32)
-      logits = _bias_and_mask(logits, k_valid, slopes, causal, qi, kj, bq, bk)
+      logits = _bias_and_mask(logits, k_valid, slopes, causal, qi, kj, bq, bk, pos)
       m_new = jnp.maximum(m, logits.max(-1))
       safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
       p = jnp.exp(logits - safe[..., None])
@@ -189,7 +240,8 @@ def _forward(q, k, v, k_valid, slopes, causal, bq, bk):
 
     init = (jnp.full((b, hkv, g, bq), -jnp.inf), jnp.zeros((b, hkv, g, bq)),
             jnp.zeros((b, hkv, g, bq, d)))
-    m, l, acc = jax.lax.fori_loop(0, _num_key_blocks(qi, causal, bq, bk, nk), key_block, init)
+    m, l, acc = jax.lax.fori_loop(0, _num_key_blocks(qi, causal, bq, bk, nk, pos), key_block,
+                                   init)
     has_key = l > 0
     out = jnp.where(has_key[..., None], acc / jnp.where(has_key, l, 1.0)[..., None], 0.0)
     # +inf for an empty row makes exp(logit - lse) = 0 in the backward pass.
@@ -223,42 +275,42 @@ def _per_head(fn, q, k, v, k_valid, slopes, *q_like):
   return jax.lax.map(one, jnp.arange(b * hkv * g))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _flash(q, k, v, kv_mask, slopes, causal, fwd_blocks, bwd_blocks, per_head):
-  return _flash_fwd(q, k, v, kv_mask, slopes, causal, fwd_blocks, bwd_blocks, per_head)[0]
+def forward_partials(q, k, v, kv_mask, slopes, pos, causal, blocks, per_head):
+  """One call's (out float32 [B, Hkv, G, Lq, D], lse [B, Hkv, G, Lq]) in the
+  kernel layout (see `kernel_layout`); lse is +inf for a row with no key.
 
-
-# Each pass pads the unpadded inputs to its own block sizes, so the forward
-# and backward block sizes need not divide each other.
-def _flash_fwd(q, k, v, kv_mask, slopes, causal, fwd_blocks, bwd_blocks, per_head):
-  del bwd_blocks
-  bq, bk = fwd_blocks
+  The pieces of `_flash`, also used by ring attention (context.py), which
+  merges the partials of many key shards itself.
+  """
+  bq, bk = blocks
   lq = q.shape[3]
   q_pad = common.pad_axis(q, 3, common.round_up(lq, bq))
   k_pad, v_pad, k_valid = _padded_keys(k, v, kv_mask, bk)
-  forward = lambda *a: _forward(*a, causal, bq, bk)
+  forward = lambda *a: _forward(*a, causal, bq, bk, pos)
   if per_head:
     out, lse = _per_head(forward, q_pad, k_pad, v_pad, k_valid, slopes)
     out, lse = out.reshape(q_pad.shape), lse.reshape(q_pad.shape[:-1])
   else:
     out, lse = forward(q_pad, k_pad, v_pad, k_valid, slopes)
-  out, lse = out[:, :, :, :lq], lse[:, :, :, :lq]
-  # float32 out: the caller rounds once (strided merges it with its band first).
-  return (out, lse), (q, k, v, kv_mask, slopes, out, lse)
+  return out[:, :, :, :lq], lse[:, :, :, :lq]
 
 
-def _flash_bwd(causal, fwd_blocks, bwd_blocks, per_head, residuals, cotangents):
-  del fwd_blocks
-  q, k, v, kv_mask, slopes, out, lse = residuals
-  d_out, d_lse = cotangents
-  bq, bk = bwd_blocks
+def backward_partials(q, k, v, kv_mask, slopes, pos, out, lse, d_out, d_lse, causal, blocks,
+                      per_head):
+  """(dq, dk, dv) float32 of one call, given the rows' final out and lse
+  (+inf for a row with no key) and their cotangents.
+
+  Under ring attention out and lse are those of all key shards merged, so
+  each shard's probabilities exp(logit - lse) are the final ones.
+  """
+  bq, bk = blocks
   lq, lk = q.shape[3], k.shape[2]
   # Padded query rows get lse = +inf (so P = 0) and zero d_out: they add nothing.
   lq_pad = common.round_up(lq, bq)
   q_pad, out, d_out, d_lse = (common.pad_axis(x, 3, lq_pad) for x in (q, out, d_out, d_lse))
   lse = common.pad_axis(lse, 3, lq_pad, value=jnp.inf)
   k_pad, v_pad, k_valid = _padded_keys(k, v, kv_mask, bk)
-  backward = lambda *a: _backward(*a, causal, bq, bk)
+  backward = lambda *a: _backward(*a, causal, bq, bk, pos)
   if per_head:
     dq, dk, dv = _per_head(backward, q_pad, k_pad, v_pad, k_valid, slopes, out, lse, d_out,
                            d_lse)
@@ -267,16 +319,39 @@ def _flash_bwd(causal, fwd_blocks, bwd_blocks, per_head, residuals, cotangents):
     dk, dv = (x.reshape(b, hkv, g, *k_pad.shape[2:]).sum(2) for x in (dk, dv))  # GQA: sum the group
   else:
     dq, dk, dv = backward(q_pad, k_pad, v_pad, k_valid, slopes, out, lse, d_out, d_lse)
-  dq, dk, dv = dq[:, :, :, :lq], dk[:, :, :lk], dv[:, :, :lk]
+  return dq[:, :, :, :lq], dk[:, :, :lk], dv[:, :, :lk]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _flash(q, k, v, kv_mask, slopes, pos, causal, fwd_blocks, bwd_blocks, per_head):
+  return _flash_fwd(q, k, v, kv_mask, slopes, pos, causal, fwd_blocks, bwd_blocks, per_head)[0]
+
+
+# Each pass pads the unpadded inputs to its own block sizes, so the forward
+# and backward block sizes need not divide each other.
+def _flash_fwd(q, k, v, kv_mask, slopes, pos, causal, fwd_blocks, bwd_blocks, per_head):
+  del bwd_blocks
+  out, lse = forward_partials(q, k, v, kv_mask, slopes, pos, causal, fwd_blocks, per_head)
+  # float32 out: the caller rounds once (strided merges it with its band first).
+  return (out, lse), (q, k, v, kv_mask, slopes, pos, out, lse)
+
+
+def _flash_bwd(causal, fwd_blocks, bwd_blocks, per_head, residuals, cotangents):
+  del fwd_blocks
+  q, k, v, kv_mask, slopes, pos, out, lse = residuals
+  d_out, d_lse = cotangents
+  dq, dk, dv = backward_partials(q, k, v, kv_mask, slopes, pos, out, lse, d_out, d_lse, causal,
+                                 bwd_blocks, per_head)
   # The slopes are a stop_gradient constant (see attention_with_lse): zero cotangent.
   d_slopes = None if slopes is None else jnp.zeros_like(slopes)
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, d_slopes
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, d_slopes, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def _backward(q, k, v, k_valid, slopes, out, lse, d_out, d_lse, causal, bq, bk):
+def _backward(q, k, v, k_valid, slopes, out, lse, d_out, d_lse, causal, bq, bk,
+              pos=Positions()):
   """(dq, dk, dv) in float32, streaming key blocks (outer) and query blocks."""
   b, hkv, g, lq, d = q.shape
   nq, nk = lq // bq, k.shape[2] // bk
@@ -297,7 +372,7 @@ def _backward(q, k, v, k_valid, slopes, out, lse, d_out, d_lse, causal, bq, bk):
       do_blk = jax.lax.dynamic_slice_in_dim(d_out, qi * bq, bq, axis=3)
       lse_blk = jax.lax.dynamic_slice_in_dim(lse, qi * bq, bq, axis=3)
       delta_blk = jax.lax.dynamic_slice_in_dim(delta, qi * bq, bq, axis=3)
-      logits = _block_logits(q_blk, k_blk, k_valid, slopes, causal, qi, kj, bq, bk)
+      logits = _block_logits(q_blk, k_blk, k_valid, slopes, causal, qi, kj, bq, bk, pos)
       p = jnp.exp(logits - lse_blk[..., None])
       dv_blk += jnp.einsum("bhgqk,bhgqd->bhkd", p.astype(d_out.dtype), do_blk,
                            preferred_element_type=jnp.float32)
@@ -308,7 +383,7 @@ def _backward(q, k, v, k_valid, slopes, out, lse, d_out, d_lse, causal, bq, bk):
       dq_blk += jnp.einsum("bhgqk,bhkd->bhgqd", ds, k_blk, preferred_element_type=jnp.float32)
       return jax.lax.dynamic_update_slice_in_dim(dq, dq_blk, qi * bq, axis=3), dk_blk, dv_blk
 
-    first_q = (kj * bk) // bq if causal else 0  # earlier query blocks never see this key block
+    first_q = _first_query_block(kj, causal, bq, bk, nq, pos)  # earlier ones never see it
     zeros = jnp.zeros((b, hkv, bk, d), jnp.float32)
     dq, dk_blk, dv_blk = jax.lax.fori_loop(first_q, nq, query_block, (dq, zeros, zeros))
     dk = jax.lax.dynamic_update_slice_in_dim(dk, dk_blk, kj * bk, axis=2)
@@ -318,3 +393,122 @@ def _backward(q, k, v, k_valid, slopes, out, lse, d_out, d_lse, causal, bq, bk):
   init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32),
           jnp.zeros(v.shape, jnp.float32))
   return jax.lax.fori_loop(0, nk, key_block, init)
+
+
+# ---------------------------------------------------------------------------
+# Context parallelism (context.py): one shard of the sequence per device.
+
+def context_all_gather(query, key, value, *, causal=False, kv_mask=None, axis,
+                       alibi_slopes=None, variant="blockwise", **blocks):
+  """Exact softmax attention of this shard's queries over the whole sequence,
+  gathered; causal queries are striped, so every shard does equal work.
+  `blocks` are blockwise's block options. Memory O(L) keys a device."""
+  n, i = context.size(axis), jax.lax.axis_index(axis)
+  rows = query.shape[1]
+  gather = lambda x: None if x is None else jax.lax.all_gather(x, axis, axis=1, tiled=True)
+  key, value, kv_mask = gather(key), gather(value), gather(kv_mask)
+  if causal:
+    positions = Positions(i, n)
+    query = context.stripe(query, axis)
+  else:
+    positions = Positions(i * rows, 1)
+  out, _ = attention_with_lse(query, key, value, causal=causal, kv_mask=kv_mask,
+                              alibi_slopes=alibi_slopes, variant=variant, positions=positions,
+                              **blocks)
+  return context.unstripe(out, axis) if causal else out
+
+
+def context_ring(query, key, value, *, causal=False, kv_mask=None, axis, alibi_slopes=None,
+                 variant="blockwise", block_q=None, block_k=512, bwd_block_q=512,
+                 bwd_block_k=256, sequential_heads=None):
+  """Ring attention (Liu et al. 2023): exact softmax attention of this shard's
+  queries, the key and value shards passed around the axis one step at a
+  time and merged by their log-sum-exp. Its VJP passes them around again with
+  their gradients, so both passes hold O(L / n) rows a device. Causal
+  attention runs striped (see context.py)."""
+  s = common.check_inputs(variant, query, key, value, kv_mask)
+  slopes = common.check_alibi_slopes(variant, alibi_slopes, s.heads)
+  fwd_blocks, bwd_blocks, per_head = _resolve_blocks(
+      variant, s, causal, block_q, block_k, bwd_block_q, bwd_block_k, sequential_heads)
+  if causal:
+    query, key, value = (context.stripe(x, axis) for x in (query, key, value))
+    kv_mask = None if kv_mask is None else context.stripe(kv_mask, axis)
+  q, k, v, slopes = kernel_layout(query, key, value, slopes, s)
+  out = _ring(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head)
+  out = sequence_layout(out, jnp.zeros(out.shape[:-1]), s, query.dtype)[0]
+  return context.unstripe(out, axis) if causal else out
+
+
+def _shard_positions(axis, i, j, rows, causal):
+  """Positions of shard i's queries and shard j's keys: striped when causal."""
+  n = context.size(axis)
+  if causal:
+    return Positions(i, n, j, n)
+  return Positions(i * rows, 1, j * rows, 1)
+
+
+def _merge(out, lse, out_b, lse_b):
+  """Normalised outputs of two disjoint key sets, merged by their lse (-inf: no key)."""
+  m = jnp.maximum(lse, lse_b)
+  safe = jnp.where(jnp.isfinite(m), m, 0.0)
+  wa, wb = jnp.exp(lse - safe), jnp.exp(lse_b - safe)
+  total = wa + wb
+  has_key = total > 0
+  inv = jnp.where(has_key, 1.0 / jnp.where(has_key, total, 1.0), 0.0)
+  out = (out * wa[..., None] + out_b * wb[..., None]) * inv[..., None]
+  return out, jnp.where(has_key, safe + jnp.log(jnp.where(has_key, total, 1.0)), -jnp.inf)
+
+
+def _rotate_all(xs, axis):
+  return tuple(None if x is None else context.rotate(x, axis) for x in xs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _ring(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head):
+  return _ring_fwd(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head)[0]
+
+
+def _ring_fwd(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head):
+  del bwd_blocks
+  n, i, rows = context.size(axis), jax.lax.axis_index(axis), k.shape[2]
+
+  def block(t, k_t, v_t, mask_t):
+    pos = _shard_positions(axis, i, (i - t) % n, rows, causal)
+    out, lse = forward_partials(q, k_t, v_t, mask_t, slopes, pos, causal, fwd_blocks, per_head)
+    return out, jnp.where(jnp.isfinite(lse), lse, -jnp.inf)
+
+  def step(t, carry):
+    k_t, v_t, mask_t = _rotate_all(carry[:3], axis)
+    out, lse = _merge(*carry[3:], *block(t, k_t, v_t, mask_t))
+    return k_t, v_t, mask_t, out, lse
+
+  carry = jax.lax.fori_loop(1, n, step, (k, v, kv_mask, *block(0, k, v, kv_mask)))
+  out, lse = carry[3:]
+  return out, (q, k, v, kv_mask, slopes, out, jnp.where(jnp.isfinite(lse), lse, jnp.inf))
+
+
+def _ring_bwd(causal, axis, fwd_blocks, bwd_blocks, per_head, residuals, d_out):
+  del fwd_blocks
+  q, k, v, kv_mask, slopes, out, lse = residuals
+  n, i, rows = context.size(axis), jax.lax.axis_index(axis), k.shape[2]
+  d_lse = jnp.zeros_like(lse)
+
+  def block(t, k_t, v_t, mask_t):
+    pos = _shard_positions(axis, i, (i - t) % n, rows, causal)
+    return backward_partials(q, k_t, v_t, mask_t, slopes, pos, out, lse, d_out, d_lse, causal,
+                             bwd_blocks, per_head)
+
+  def step(t, carry):
+    # Each key shard travels with the gradient it has gathered so far.
+    k_t, v_t, mask_t, dk_t, dv_t = _rotate_all(carry[:5], axis)
+    dq, dk, dv = block(t, k_t, v_t, mask_t)
+    return k_t, v_t, mask_t, dk_t + dk, dv_t + dv, carry[5] + dq
+
+  dq, dk, dv = block(0, k, v, kv_mask)
+  carry = jax.lax.fori_loop(1, n, step, (k, v, kv_mask, dk, dv, dq))
+  dk, dv = _rotate_all(carry[3:5], axis)  # one step more: each shard's gradient is home
+  d_slopes = None if slopes is None else jnp.zeros_like(slopes)
+  return carry[5].astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, d_slopes
+
+
+_ring.defvjp(_ring_fwd, _ring_bwd)

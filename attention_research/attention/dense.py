@@ -5,6 +5,7 @@ ALiBi bias of Press et al. 2022 ("Train Short, Test Long").
 
 import jax.numpy as jnp
 
+from attention_research.attention import blockwise
 from attention_research.attention import common
 
 
@@ -69,3 +70,19 @@ def flops_per_query(seq_len, *, heads, kv_heads, head_dim, causal, **options) ->
   del kv_heads, options
   keys = (seq_len + 1) / 2 if causal else seq_len
   return common.softmax_flops_per_query(keys, seq_len, heads, head_dim)
+
+
+def _without_mask(strategy):
+  """`strategy`'s blockwise per-shard function for dense (context.py): the
+  same softmax, so dense under context parallelism is blockwise's ring or
+  gather. A `mask` is [Lq, Lk], which no shard holds."""
+  def per_shard(query, key, value, *, mask=None, **kwargs):
+    if mask is not None:
+      raise ValueError("dense: `mask` is not supported under context parallelism (no shard "
+                       "holds the [Lq, Lk] pattern); use causal, kv_mask or a sparse variant")
+    return strategy(query, key, value, variant="dense", **kwargs)
+  return per_shard
+
+
+context_ring = _without_mask(blockwise.context_ring)
+context_all_gather = _without_mask(blockwise.context_all_gather)

@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_research.attention import common
+from attention_research.attention import context
 
 
-def _causal_weighted_sum(phi_q, phi_k, value, s, chunk):
+def _causal_weighted_sum(phi_q, phi_k, value, s, chunk, before=None):
   """sum_{j <= i} phi_q_i.phi_k_j v_j / sum_{j <= i} phi_q_i.phi_k_j, as
   [B, Lq, H, D] float32, by chunked prefix sums.
 
@@ -40,6 +41,8 @@ def _causal_weighted_sum(phi_q, phi_k, value, s, chunk):
   matrix-vector product would each be another pass over L-sized arrays.
   Causal is top-left aligned (key j <= query i), so both sides are padded to
   a common length; padded keys have phi_k = 0 and padded queries are dropped.
+  `before` ([B, Hkv, F, D + 1] or None) is the state of keys before these
+  (earlier shards of the sequence), added to every chunk's.
   """
   v = _with_ones(_keys(value))  # [B, Hkv, Lk, D + 1]
   c = min(chunk, max(s.q_len, s.k_len))
@@ -51,6 +54,8 @@ def _causal_weighted_sum(phi_q, phi_k, value, s, chunk):
   scores = jnp.einsum("bhgnqf,bhnkf->bhgnqk", pq, pk) * jnp.tril(jnp.ones((c, c)))
   states = jnp.einsum("bhnkf,bhnkd->bhnfd", pk, pv)
   states = _exclusive_cumsum(states, axis=2)            # keys of earlier chunks only
+  if before is not None:
+    states = states + before[:, :, None]
   num = (jnp.einsum("bhgnqk,bhnkd->bhgnqd", scores, pv)
          + jnp.einsum("bhgnqf,bhnfd->bhgnqd", pq, states))
   num = num.reshape(*num.shape[:3], length, num.shape[-1])[:, :, :, :s.q_len]
@@ -444,3 +449,52 @@ def performer_flops_per_query(seq_len, *, heads, kv_heads, head_dim, causal, num
   projection = 2 * head_dim * num_features * (heads + kv_heads)
   return projection + _kernel_flops_per_query(seq_len, heads, kv_heads, head_dim, num_features,
                                               causal, chunk_size)
+
+
+# ---------------------------------------------------------------------------
+# Context parallelism (context.py): one shard of the sequence per device,
+# under either strategy. The key-value state is all the shards share:
+# non-causal, summed over the axis (one psum); causal, the sum over earlier
+# shards (a prefix) starts each shard's chunked prefix sums. O(L / n) a device.
+
+def _kernel_context(phi_q, phi_k, value, s, causal, chunk, axis, dtype):
+  v = _with_ones(_keys(value))
+  total = jnp.einsum("bhkf,bhkd->bhfd", phi_k, v)        # this shard's keys
+  if causal:
+    before = context.exclusive_prefix(total, axis)
+    return _causal_weighted_sum(phi_q, phi_k, value, s, chunk, before=before).astype(dtype)
+  num = jnp.einsum("bhgqf,bhfd->bhgqd", phi_q, jax.lax.psum(total, axis))
+  out = _divide_by_last_column(num)
+  return out.transpose(0, 3, 1, 2, 4).reshape(s.batch, s.q_len, s.heads, s.head_dim).astype(dtype)
+
+
+def linear_context(query, key, value, *, causal=False, kv_mask=None, axis, feature_map="elu",
+                   chunk_size=64, rows_per_step=512):
+  """`linear` on one shard of the sequence (rows_per_step does not split a shard)."""
+  del rows_per_step
+  s = common.check_inputs("linear", query, key, value, kv_mask)
+  common.one_of("linear", "feature_map", feature_map, tuple(_FEATURE_MAPS))
+  chunk = common.positive_int("linear", "chunk_size", chunk_size)
+  phi = _FEATURE_MAPS[feature_map]
+  phi_k = _masked_keys(phi(_keys(key)), kv_mask)
+  return _kernel_context(phi(_grouped(query, s)), phi_k, value, s, causal, chunk, axis,
+                         query.dtype)
+
+
+def performer_context(query, key, value, *, causal=False, kv_mask=None, axis, num_features=256,
+                      feature_key=None, chunk_size=64, rows_per_step=512):
+  """`performer` on one shard of the sequence; the key shift is the largest
+  log-feature over every shard (one pmax), as on one device."""
+  del rows_per_step
+  s = common.check_inputs("performer", query, key, value, kv_mask)
+  chunk = common.positive_int("performer", "chunk_size", chunk_size)
+  w = performer_projection(s.head_dim, num_features, feature_key)
+  lk = _favor_logs(w, _keys(key))
+  real = jnp.ones((s.batch, s.k_len), bool) if kv_mask is None else kv_mask
+  k_shift = jnp.max(jnp.where(real[:, None, :, None], jax.lax.stop_gradient(lk), -jnp.inf),
+                    axis=(2, 3), keepdims=True)
+  k_shift = jax.lax.pmax(k_shift, axis)
+  k_shift = jnp.where(jnp.isfinite(k_shift), k_shift, 0.0)
+  phi_k = jnp.exp(jnp.where(real[:, None, :, None], lk - k_shift, -jnp.inf))
+  return _kernel_context(_favor_query((w,), _grouped(query, s)), phi_k, value, s, causal, chunk,
+                         axis, query.dtype)

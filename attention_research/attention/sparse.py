@@ -18,6 +18,7 @@ import numpy as np
 
 from attention_research.attention import blockwise as blockwise_lib
 from attention_research.attention import common
+from attention_research.attention import context
 from attention_research.attention import dense as dense_lib
 from attention_research.attention import masks
 
@@ -33,8 +34,9 @@ def _gathered_partials(query, key, value, kv_mask, s, *, block, table, allowed, 
       `key_offset` (which may be negative: padding before the first key).
     kv_mask: bool [B, Lk] (or the same slice) or None.
     s: the call's `common.Shapes`.
-    table: int NumPy [n, slots], key block indices per query block, -1 = none,
-      counted from `key_offset`.
+    table: int [n, slots], key block indices per query block, -1 = none,
+      counted from `key_offset`: NumPy, or a traced slice of a NumPy table
+      (a context shard's rows).
     first_block, key_offset: ints, or traced int scalars (a step of lax.map).
     allowed: predicate(i, j) on absolute positions, broadcasting.
     slopes: None, or float32 [H] ALiBi slopes: adds -slopes[h] * |i - j| to
@@ -52,7 +54,7 @@ def _gathered_partials(query, key, value, kv_mask, s, *, block, table, allowed, 
   k = common.pad_axis(key, 1, nk * block).reshape(s.batch, nk, block, s.kv_heads, s.head_dim)
   v = common.pad_axis(value, 1, nk * block).reshape(s.batch, nk, block, s.kv_heads, s.head_dim)
 
-  idx = np.maximum(table, 0)
+  idx = (np if isinstance(table, np.ndarray) else jnp).maximum(table, 0)
   k = k[:, idx].reshape(s.batch, n, slots * block, s.kv_heads, s.head_dim)
   v = v[:, idx].reshape(s.batch, n, slots * block, s.kv_heads, s.head_dim)
 
@@ -140,6 +142,38 @@ def local(query, key, value, *, causal=False, kv_mask=None, window=128, block_si
                       allowed=allowed, slopes=slopes, nq=nq, per_step=per_step)
 
 
+def local_context(query, key, value, *, causal=False, kv_mask=None, axis, window=128,
+                  block_size=None, alibi_slopes=None, rows_per_step=1024):
+  """`local` on one shard of the sequence (context.py), under either strategy:
+  the shard fetches only the keys its window reaches from the shards beside it
+  (a halo of `window` rounded up to whole blocks on each side, one side when
+  causal), never the whole ring. The shard's queries then run as `local`'s
+  one-step path (rows_per_step does not split a shard)."""
+  del rows_per_step
+  s = common.check_inputs("local", query, key, value, kv_mask)
+  slopes = common.check_alibi_slopes("local", alibi_slopes, s.heads)
+  window = common.non_negative_int("local", "window", window)
+  block = _default_block(window) if block_size is None else common.positive_int(
+      "local", "block_size", block_size)
+  reach = -(-window // block)
+  real = jnp.ones((s.batch, s.k_len), bool) if kv_mask is None else kv_mask
+  parts = [(key, value, real)]
+  if reach:
+    halo = lambda before: tuple(context.halo(x, reach * block, axis, before=before)
+                                for x in (key, value, real))
+    parts = [halo(True)] + parts + ([] if causal else [halo(False)])
+  key, value, real = (jnp.concatenate(x, axis=1) for x in zip(*parts))
+  # The shard's queries sit `reach` blocks into the keys; positions count from there.
+  nq, nk = -(-s.q_len // block), -(-key.shape[1] // block)
+  table = np.arange(nq)[:, None] + np.arange(reach + 1 if causal else 2 * reach + 1)[None, :]
+  table = np.where(table < nk, table, -1).astype(np.int32)
+  allowed = lambda i, j: masks.local_allowed(i, j, window=window, causal=causal)
+  partials = _gathered_partials(query, key, value, real, s._replace(k_len=key.shape[1]),
+                                block=block, table=table, allowed=allowed, first_block=reach,
+                                slopes=slopes)
+  return _output(partials, s, query.dtype)
+
+
 def _local_steps(query, key, value, kv_mask, s, *, block, reach, causal, allowed, slopes, nq,
                  per_step):
   """`local` over steps of `per_step` query blocks, one after another (lax.map).
@@ -216,7 +250,17 @@ def strided(query, key, value, *, causal=False, kv_mask=None, stride=128):
     band_partials = _gathered_partials(query, key, value, kv_mask, s, block=block, table=table,
                                        allowed=band)
 
-  # Residue classes: position a * stride + r becomes row a of sequence r.
+  column_partials = _column_partials(query, key, value, kv_mask, s, stride, causal)
+  if band_partials is None:
+    return _output(column_partials, s, query.dtype)
+  return _output(common.merge(band_partials, column_partials), s, query.dtype)
+
+
+def _column_partials(query, key, value, kv_mask, s, stride, causal, first_row=0):
+  """Partials of strided's residue classes: position a * stride + r becomes row
+  a of sequence r, and each sequence is full (causal) softmax attention, by
+  the blockwise kernel. The queries may start at residue row `first_row`
+  (a context shard's; it then starts at a multiple of the stride)."""
   nq, nk = -(-s.q_len // stride), -(-s.k_len // stride)
   def by_residue(x, n):  # [B, L, ...] -> [B * stride, n, ...]
     x = common.pad_axis(x, 1, n * stride).reshape(x.shape[0], n, stride, *x.shape[2:])
@@ -227,16 +271,61 @@ def strided(query, key, value, *, causal=False, kv_mask=None, stride=128):
     k_valid = by_residue(common.pad_axis(k_valid, 1, nk * stride, value=False), nk)
   out, lse = blockwise_lib.attention_with_lse(
       by_residue(query, nq), by_residue(key, nk), by_residue(value, nk), causal=causal,
-      kv_mask=k_valid, variant="strided", out_dtype=jnp.float32)
+      kv_mask=k_valid, variant="strided", out_dtype=jnp.float32,
+      positions=blockwise_lib.Positions(first_row, 1, 0, 1))
   def by_position(x):  # [B * stride, nq, ...] -> [B, Lq, ...]
     x = jnp.moveaxis(x.reshape(s.batch, stride, nq, *x.shape[2:]), 1, 2)
     return x.reshape(s.batch, nq * stride, *x.shape[3:])[:, :s.q_len]
   out = by_position(out).reshape(
       s.batch, s.q_len, s.kv_heads, s.groups, s.head_dim)
   lse = by_position(lse).reshape(s.batch, s.q_len, s.kv_heads, s.groups)
-  column_partials = common.Partials(lse, jnp.isfinite(lse).astype(jnp.float32), out)
-  if band_partials is None:
+  return common.Partials(lse, jnp.isfinite(lse).astype(jnp.float32), out)
+
+
+def _gather(x, axis):
+  return jax.lax.all_gather(x, axis, axis=1, tiled=True)
+
+
+def _whole_shards(variant, rows, multiple, option):
+  if rows % multiple:
+    raise ValueError(f"{variant} under context parallelism: each shard's {rows} rows must be a "
+                     f"multiple of {option}={multiple}, so no {option} straddles two shards; "
+                     f"allowed: a sequence length that is a multiple of mesh.context x {multiple}")
+
+
+def strided_context(query, key, value, *, causal=False, kv_mask=None, axis, stride=128):
+  """`strided` on one shard of the sequence, all_gather only: the keys are
+  gathered, the band is cut from them around the shard, and the residue
+  classes start at the shard's first row (shards hold whole strides)."""
+  s = common.check_inputs("strided", query, key, value, kv_mask)
+  stride = common.positive_int("strided", "stride", stride)
+  rows = s.q_len
+  _whole_shards("strided", rows, stride, "stride")
+  start = jax.lax.axis_index(axis) * rows
+  real = jnp.ones((s.batch, rows), bool) if kv_mask is None else kv_mask
+  key, value, real = _gather(key, axis), _gather(value, axis), _gather(real, axis)
+  whole = s._replace(k_len=key.shape[1])
+  column_partials = _column_partials(query, key, value, real, whole, stride, causal,
+                                     first_row=start // stride)
+  if stride == 1:
     return _output(column_partials, s, query.dtype)
+  block = _default_block(stride - 1)
+  reach = -(-(stride - 1) // block)
+  halo = reach * block
+  def around(x, value=0):  # the shard's rows and `halo` on each side
+    widths = [(0, 0)] * x.ndim
+    widths[1] = (halo, halo)
+    return jax.lax.dynamic_slice_in_dim(jnp.pad(x, widths, constant_values=value), start,
+                                        rows + 2 * halo, axis=1)
+  def band(i, j):
+    d = i - j
+    return ((d > 0) if causal else (d != 0)) & (d > -stride) & (d < stride)
+  nq, nk = -(-rows // block), -(-(rows + 2 * halo) // block)
+  table = np.arange(nq)[:, None] + np.arange(2 * reach + 1)[None, :]
+  table = np.where(table < nk, table, -1).astype(np.int32)
+  band_partials = _gathered_partials(query, around(key), around(value), around(real, False),
+                                     s._replace(k_len=rows + 2 * halo), block=block, table=table,
+                                     allowed=band, first_block=reach)
   return _output(common.merge(band_partials, column_partials), s, query.dtype)
 
 
@@ -299,3 +388,43 @@ def bigbird_flops_per_query(seq_len, *, heads, kv_heads, head_dim, causal, block
   window = (num_window_blocks + 1) / 2 if causal else num_window_blocks
   keys = block_size * (window + num_global_blocks + num_random_blocks)
   return common.softmax_flops_per_query(keys, seq_len, heads, head_dim)
+
+
+def bigbird_context(query, key, value, *, causal=False, kv_mask=None, axis, block_size=64,
+                    num_window_blocks=3, num_global_blocks=2, num_random_blocks=3, seed=0):
+  """`bigbird` on one shard of the sequence, all_gather only: the keys are
+  gathered, and the shard's query blocks take their rows of the same block
+  table as on one device (shards hold whole blocks). Every shard computes its
+  first rows as global rows too (blockwise, at their positions) and keeps them
+  where they are global: the shard that holds them is then no slower than
+  the rest."""
+  s = common.check_inputs("bigbird", query, key, value, kv_mask)
+  masks.check_bigbird_options(block_size, num_window_blocks, num_global_blocks,
+                              num_random_blocks, seed)
+  rows = s.q_len
+  _whole_shards("bigbird", rows, block_size, "block_size")
+  start = jax.lax.axis_index(axis) * rows
+  real = jnp.ones((s.batch, rows), bool) if kv_mask is None else kv_mask
+  key, value, real = _gather(key, axis), _gather(value, axis), _gather(real, axis)
+  length = key.shape[1]
+  blocks = length // block_size
+  table = masks.bigbird_key_blocks(blocks, blocks, num_window_blocks=num_window_blocks,
+                                   num_global_blocks=num_global_blocks,
+                                   num_random_blocks=num_random_blocks, seed=seed, causal=causal)
+  table[:num_global_blocks] = -1                           # global rows: below
+  table = table[:, :max(1, int((table >= 0).sum(1).max()))]  # drop all-padding slots
+  mine = jax.lax.dynamic_slice_in_dim(jnp.asarray(table), start // block_size,
+                                      rows // block_size, axis=0)
+  allowed = (lambda i, j: j <= i) if causal else (lambda i, j: True)
+  partials = _gathered_partials(query, key, value, real, s._replace(k_len=length),
+                                block=block_size, table=mine, allowed=allowed,
+                                first_block=start // block_size)
+  out = _output(partials, s, query.dtype)
+  g_rows = min(num_global_blocks * block_size, rows)
+  if not g_rows:
+    return out
+  glob, _ = blockwise_lib.attention_with_lse(
+      query[:, :g_rows], key, value, causal=causal, kv_mask=real, variant="bigbird",
+      positions=blockwise_lib.Positions(start, 1, 0, 1))
+  is_global = (start + jnp.arange(g_rows) < num_global_blocks * block_size)[None, :, None, None]
+  return jnp.concatenate([jnp.where(is_global, glob, out[:, :g_rows]), out[:, g_rows:]], axis=1)

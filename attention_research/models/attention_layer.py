@@ -40,6 +40,8 @@ class MultiHeadAttention(nn.Module):
     causal: query i sees keys j <= i.
     use_rope, rope_base: rotate queries and keys (Su et al. 2021).
     use_alibi: pass ALiBi slopes for the H query heads to the variant.
+    context_parallel: None, or (mesh, strategy): the attention runs split
+      over the mesh's "context" axis (`attention.context_parallel`).
     kernel_init: init of the query/key/value kernels (and `out`, unless
       out_kernel_init is given).
     out_kernel_init: init of the out projection (GPT-2 scales it by depth).
@@ -56,6 +58,7 @@ class MultiHeadAttention(nn.Module):
   use_rope: bool = False
   rope_base: float = 10000.0
   use_alibi: bool = False
+  context_parallel: Optional[tuple] = None
   kernel_init: Initializer = nn.linear.default_kernel_init
   out_kernel_init: Optional[Initializer] = None
   dtype: jnp.dtype = jnp.float32
@@ -80,8 +83,11 @@ class MultiHeadAttention(nn.Module):
     options = dict(self.attention_options)
     if self.use_alibi:
       options["alibi_slopes"] = jnp.asarray(positional.alibi_slopes(self.num_heads))
-    out = attention_lib.get(self.attention)(query, key, value, causal=self.causal,
-                                            kv_mask=kv_mask, **options)
+    if self.context_parallel is None:
+      attend = attention_lib.get(self.attention)
+    else:
+      attend = attention_lib.context_parallel(self.attention, *self.context_parallel)
+    out = attend(query, key, value, causal=self.causal, kv_mask=kv_mask, **options)
     out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
     return nn.DenseGeneral(self.out_features or features, axis=(-2, -1),
                            kernel_init=self.out_kernel_init or self.kernel_init,

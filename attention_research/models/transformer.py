@@ -67,6 +67,9 @@ class Settings:
   pooling: str
   tie_embeddings: bool
   compute_dtype: str
+  # (mesh, strategy): attention split over the mesh's "context" axis
+  # (attention.context_parallel); None: on each device's whole sequence.
+  context_parallel: Optional[tuple] = None
 
   @property
   def dtype(self):
@@ -111,7 +114,8 @@ class Block(nn.Module):
           num_heads=s.num_heads, num_kv_heads=s.num_kv_heads, head_dim=s.head_dim,
           attention=s.attention, attention_options=s.attention_options,
           dropout_rate=s.attention_dropout, causal=self.causal, use_rope=s.pos == "rope",
-          rope_base=s.rope_base, use_alibi=s.pos == "alibi", kernel_init=init,
+          rope_base=s.rope_base, use_alibi=s.pos == "alibi", context_parallel=s.context_parallel,
+          kernel_init=init,
           out_kernel_init=residual_init, dtype=s.dtype, name="attention",
       )(y, kv_mask, deterministic=deterministic)
 

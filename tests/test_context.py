@@ -1,0 +1,193 @@
+"""Context parallelism: every variant under each strategy it has, on 2, 4 and 8 simulated
+devices, equals one device over the whole sequence, in value and gradient.
+
+The sharded runs happen in one subprocess with 8 simulated CPU devices
+(tests/fixtures/context_cases.py); the references here, on one device: the
+float64 softmax reference under the variant's own mask for the exact variants,
+the variant itself for the approximate ones. Every case has grouped-query
+heads, a key mask with a wholly masked batch row, and ALiBi where the variant
+takes it; the non-causal lengths leave an odd number of rows a shard.
+"""
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attention_research import attention
+from attention_research import sharding
+from tests import reference
+from tests.fixtures import context_cases
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SMALL = {
+    "dense": {},
+    "blockwise": dict(block_q=4, block_k=8, bwd_block_q=8, bwd_block_k=4),
+    "local": dict(window=7, block_size=4),        # the window reaches past the next shard
+    "linear": dict(chunk_size=4),
+    "performer": dict(num_features=16, chunk_size=4),
+    "strided": dict(stride=4),
+    "bigbird": dict(block_size=4, num_window_blocks=3, num_global_blocks=1, num_random_blocks=2,
+                    seed=3),
+}
+# Shards must hold whole strides and blocks: 48 rows make 24 or 12 a shard.
+WHOLE_BLOCKS = {"strided", "bigbird"}
+
+
+def build_cases():
+  cases = []
+  sizes = iter([2, 4, 8] * 20)
+  for name in attention.names():
+    for strategy in sorted(attention.variant(name).context):
+      for causal in (False, True):
+        n = next(sizes)
+        if name in WHOLE_BLOCKS:
+          n, length = (2, 48) if causal else (4, 48)
+        else:
+          length = {2: 42, 4: 44, 8: 40}[n]  # 21, 11 and 5 rows a shard
+        cases.append(dict(variant=name, strategy=strategy, mesh=dict(data=8 // n, context=n),
+                          causal=causal, length=length, options=SMALL[name],
+                          alibi="alibi_slopes" in attention.variant(name).options,
+                          kv_heads=2, seed=len(cases)))
+  # Heads split over `tensor` beside `context`, with as many kv heads as tensor
+  # shards, and with one kv head for two shards (each takes the one it needs).
+  for kv_heads in (2, 1):
+    cases.append(dict(variant="blockwise", strategy="ring", mesh=dict(data=2, tensor=2, context=2),
+                      causal=True, length=40, options=SMALL["blockwise"], alibi=True,
+                      kv_heads=kv_heads, seed=len(cases)))
+  cases.append(dict(variant="linear", strategy="ring", mesh=dict(fsdp=2, tensor=2, context=2),
+                    causal=True, length=40, options=SMALL["linear"], alibi=False, kv_heads=1,
+                    seed=len(cases)))
+  return cases
+
+
+CASES = build_cases()
+
+
+def case_id(case):
+  mesh = "x".join(f"{a}{s}" for a, s in case["mesh"].items() if s > 1)
+  return (f"{case['variant']}-{case['strategy']}-{'causal' if case['causal'] else 'full'}-"
+          f"{mesh}-kv{case['kv_heads']}")
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+  """The sharded results of every case, from one 8-device subprocess: under pytest-xdist
+  the first worker to get here runs it, and the others wait for its file."""
+  run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+  if run:
+    tmp = tmp_path_factory.getbasetemp().parent / f"context-{run}"
+    tmp.mkdir(exist_ok=True)
+  else:
+    tmp = tmp_path_factory.mktemp("context")
+  cases_path, out_path = tmp / "cases.json", tmp / "out.npz"
+  with open(tmp / "lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not out_path.exists():
+      cases_path.write_text(json.dumps(CASES))
+      env = dict(os.environ, JAX_PLATFORMS="cpu",
+                 XLA_FLAGS="--xla_force_host_platform_device_count=8")
+      proc = subprocess.run([sys.executable, "-m", "tests.fixtures.context_cases",
+                             str(cases_path), str(out_path) + ".tmp.npz"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=900)
+      assert proc.returncode == 0, proc.stderr[-4000:]
+      os.rename(str(out_path) + ".tmp.npz", out_path)
+  return dict(np.load(out_path))
+
+
+def one_device(case):
+  """(out, dq, dk, dv) on one device over the whole sequence."""
+  q, k, v, kv_mask, cotangent = context_cases.inputs(case)
+  options = dict(case["options"])
+  slopes = attention.alibi_slopes(context_cases.HEADS) if case["alibi"] else None
+  v_info = attention.variant(case["variant"])
+  if v_info.exact:
+    length = case["length"]
+    pattern = v_info.mask(length, length, causal=case["causal"], **options)
+    mask = reference.full_mask(*q.shape[:1], context_cases.HEADS, length, length, pattern,
+                               kv_mask)
+    bias = None if slopes is None else reference.alibi_bias(slopes, length, length)
+    return (reference.softmax_attention(q, k, v, mask, bias),
+            *reference.softmax_attention_vjp(q, k, v, mask, cotangent, bias))
+  fn = attention.get(case["variant"])
+  if slopes is not None:
+    options["alibi_slopes"] = slopes
+
+  def loss(q, k, v):
+    out = fn(q, k, v, causal=case["causal"], kv_mask=jnp.asarray(kv_mask), **options)
+    return jnp.sum(out * cotangent), out
+  (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  return (out, *grads)
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[case_id(c) for c in CASES])
+def test_context_parallel_equals_one_device(sharded, index):
+  case = CASES[index]
+  want = one_device(case)
+  # float32 against float64 (exact) or a float32 run (approximate): rounding only.
+  for name, expected in zip(("out", "dq", "dk", "dv"), want):
+    np.testing.assert_allclose(sharded[f"{index}/{name}"], expected, atol=3e-5, rtol=1e-4,
+                               err_msg=f"{case_id(case)}: {name}")
+  assert not np.any(sharded[f"{index}/out"][0]), "a batch row with no key gives zeros"
+
+
+# The loss's sum over the sharded output is an all-reduce in every case: not attention's.
+def collectives(sharded, predicate):
+  return {case_id(c): set(sharded[f"{i}/hlo_ops"].tolist())
+          for i, c in enumerate(CASES) if predicate(c)}
+
+
+def test_ring_passes_shards_and_never_gathers_the_sequence(sharded):
+  found = collectives(sharded, lambda c: c["strategy"] == "ring"
+                      and c["variant"] in ("dense", "blockwise"))
+  for case, ops in found.items():
+    assert "collective-permute" in ops and "all-gather" not in ops, (case, ops)
+
+
+def test_local_exchanges_only_neighbours(sharded):
+  found = collectives(sharded, lambda c: c["variant"] == "local")
+  for case, ops in found.items():
+    assert "collective-permute" in ops and not ops & {"all-gather", "all-to-all"}, (case, ops)
+
+
+def test_all_gather_gathers(sharded):
+  found = collectives(sharded, lambda c: c["strategy"] == "all_gather"
+                      and c["variant"] in ("dense", "blockwise", "strided", "bigbird"))
+  for case, ops in found.items():
+    assert "all-gather" in ops, (case, ops)
+
+
+def one_device_mesh():
+  return sharding.make_mesh(dict(data=1, fsdp=1, tensor=1, context=1), jax.devices()[:1])
+
+
+@pytest.mark.parametrize("name, strategy, message", [
+    ("strided", "ring", r"attention 'strided' has no context-parallel strategy 'ring'; it has "
+                        r"\['all_gather'\]"),
+    ("bigbird", "ring", r"attention 'bigbird' has no context-parallel strategy 'ring'"),
+    ("dense", "zigzag", r"strategy 'zigzag'; it has \['all_gather', 'ring'\] \(strategies: "
+                        r"\['ring', 'all_gather'\]\)"),
+])
+def test_a_strategy_a_variant_lacks_is_refused_naming_both(name, strategy, message):
+  with pytest.raises(ValueError, match=message):
+    attention.context_parallel(name, one_device_mesh(), strategy)
+
+
+def test_shards_must_hold_whole_blocks_and_dense_masks_are_refused():
+  mesh = one_device_mesh()
+  q = jnp.ones((1, 10, 2, 4))
+  with pytest.raises(ValueError, match=r"bigbird under context parallelism: each shard's 10 "
+                                       r"rows must be a multiple of block_size=4"):
+    attention.context_parallel("bigbird", mesh, "all_gather")(q, q, q, block_size=4)
+  with pytest.raises(ValueError, match=r"dense: `mask` is not supported under context "
+                                       r"parallelism"):
+    attention.context_parallel("dense", mesh, "ring")(q, q, q, mask=np.ones((10, 10), bool))
+  with pytest.raises(ValueError, match=r"the mesh has no 'context' axis"):
+    attention.context_parallel("dense", jax.make_mesh((1,), ("data",)), "ring")
