@@ -50,7 +50,7 @@ def open_manager(directory, keep):
       item_names=("state", "progress"))
 
 
-# The checksum's weights: an odd 64-bit number per flat position (Weyl sequence).
+DIGEST_FORMAT = "mix64-v1"  # saved beside the digests; another format is not compared
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _OFFSET = np.uint64(0x632BE59BD9B4E019)
 _CHUNK = 1 << 20  # elements a pass: the temporaries stay a few MB
@@ -59,13 +59,14 @@ _CHUNK = 1 << 20  # elements a pass: the temporaries stay a few MB
 def digests(state):
   """{path of each array in `state`: a digest of its dtype, shape and elements}.
 
-  The elements enter as sum(bits_i * w_i) mod 2^64 over flat positions i, with
-  w_i odd, then SHA-256 with the dtype and shape. A sum over positions does not
-  depend on how the array is cut: each process adds its own shards (one copy
-  of each), and the processes add their sums, so the digest is the same on any
-  mesh and any number of processes. Changing one element always changes it
-  (an odd weight times a nonzero difference is nonzero mod 2^64); more changes
-  go unseen with chance 2^-64. Every process must call it (it gathers).
+  Each element enters as mix(bits_i xor p_i), p_i a number drawn from its flat
+  position i and mix SplitMix64's finaliser (a bijection), summed mod 2^64;
+  the sum then goes through SHA-256 with the dtype and shape. A sum over
+  positions does not depend on how the array is cut: each process adds its own
+  shards (one copy of each), and the processes add their sums, so the digest is
+  the same on any mesh and any number of processes. Changing one element always
+  changes it; more changes go unseen with chance about 2^-64. Every process must
+  call it (it gathers).
   """
   leaves = jax.tree_util.tree_flatten_with_path(state)[0]
   sums = np.array([_local_sum(leaf) for _, leaf in leaves], np.uint64)
@@ -80,45 +81,46 @@ def digests(state):
 
 
 def _local_sum(array):
-  """This process's part of the checksum: its shards with replica id 0."""
+  """This process's part of the sum: its shards with replica id 0."""
   if not isinstance(array, jax.Array):
     array = np.asarray(array)
-    return _weighted_sum(array, tuple(slice(0, n) for n in array.shape), array.shape)
+    return _block_sum(array, tuple(slice(0, n) for n in array.shape), array.shape)
   total = 0
   for shard in array.addressable_shards:
     if shard.replica_id == 0:
-      total += _weighted_sum(np.asarray(shard.data), shard.index, array.shape)
+      total += _block_sum(np.asarray(shard.data), shard.index, array.shape)
   return total % (1 << 64)
 
 
-def _weighted_sum(data, index, shape):
-  """sum(bits * w) mod 2^64 over a block of an array of `shape` at `index` (slices)."""
+def _mix(z):
+  """SplitMix64's finaliser on uint64 (a bijection that spreads every bit)."""
+  z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return z ^ (z >> np.uint64(31))
+
+
+def _block_sum(data, index, shape):
+  """The sum over one block of an array of `shape`, the block at `index` (slices)."""
   data = np.asarray(data, order="C")  # (ascontiguousarray would make a scalar 1-d)
   bits = data.reshape(-1).view(np.dtype(f"u{data.dtype.itemsize}"))
   starts = [0 if s.start is None else s.start for s in index]
-  strides = np.cumprod((1,) + tuple(shape[:0:-1]))[::-1]  # row-major, in elements
-  # Flat positions of the block's rows (all axes but the last), then its columns.
-  rows = np.zeros(1, np.uint64)
-  for start, n, stride in zip(starts[:-1], data.shape[:-1], strides[:-1]):
-    axis = (start + np.arange(n, dtype=np.uint64)) * np.uint64(stride)
-    rows = (rows[:, None] + axis[None, :]).reshape(-1)
-  cols = np.zeros(1, np.uint64)
-  if data.ndim:
-    cols = np.arange(data.shape[-1], dtype=np.uint64) + np.uint64(starts[-1])
-  width = len(cols)
+  strides = np.cumprod((1,) + tuple(shape[:0:-1]))[::-1] if shape else ()  # in elements
   total = 0
-  per_pass = max(1, _CHUNK // max(width, 1))
-  for first in range(0, len(rows), per_pass):
-    pos = (rows[first:first + per_pass, None] + cols[None, :]).reshape(-1)
-    weights = (pos * _GOLDEN + _OFFSET) | np.uint64(1)
-    chunk = bits[first * width:(first + per_pass) * width].astype(np.uint64)
-    total += int((chunk * weights).sum(dtype=np.uint64))
+  for first in range(0, bits.size, _CHUNK):
+    count = min(_CHUNK, bits.size - first)
+    pos = np.zeros(count, np.uint64)
+    if data.ndim:
+      where = np.unravel_index(np.arange(first, first + count), data.shape)
+      for axis_index, start, stride in zip(where, starts, strides):
+        pos += (axis_index.astype(np.uint64) + np.uint64(start)) * np.uint64(stride)
+    chunk = bits[first:first + count].astype(np.uint64)
+    total += int(_mix(chunk ^ (pos * _GOLDEN + _OFFSET)).sum(dtype=np.uint64))
   return total % (1 << 64)
 
 
 def save(manager, step, state, progress):
   """Saves `state` and the JSON dict `progress` (with the state's digests) as `step`."""
-  progress = dict(progress, digests=digests(state))
+  progress = dict(progress, digests=digests(state), digest_format=DIGEST_FORMAT)
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              progress=ocp.args.JsonSave(progress)))
   manager.wait_until_finished()
@@ -156,16 +158,21 @@ def _first_line(error):
 
 
 def _check(restored):
-  """None if the restored checkpoint matches its digests, else what is wrong."""
+  """None if the restored checkpoint matches its digests, else what is wrong.
+
+  The digests are computed first, whatever the progress item holds, so that
+  every process gathers the same number of times."""
+  found = digests(restored["state"])
   progress = restored["progress"]
   if not isinstance(progress, dict):
     return f"its progress item is {type(progress).__name__}, not a JSON object"
   recorded = progress.get("digests")
-  if recorded is None:  # written before checkpoints carried digests
-    logging.warning("this checkpoint has no digests (an older version wrote it): restored "
-                    "unverified")
+  if recorded is None or progress.get("digest_format") != DIGEST_FORMAT:
+    logging.warning("this checkpoint has no digests of format %s (an older version wrote "
+                    "it): restored unverified", DIGEST_FORMAT)
     return None
-  found = digests(restored["state"])
+  if not isinstance(recorded, dict):
+    return f"its digests are {type(recorded).__name__}, not a JSON object"
   wrong = sorted(k for k in set(recorded) | set(found) if recorded.get(k) != found.get(k))
   if wrong:
     return (f"{len(wrong)} of {len(found)} arrays do not match the digests recorded when it "

@@ -107,6 +107,18 @@ def validate_config(config, num_devices):
     raise ValueError(f"config.context_parallel={config.context_parallel!r}: attention "
                      f"{settings.attention!r} has no such context-parallel strategy; allowed "
                      f"with mesh.context={shape['context']}: {strategies}")
+  if shape["context"] > 1:  # what only the split attention knows: whole blocks, GQA, masks
+    options = dict(settings.attention_options)
+    if settings.pos == "alibi":
+      options["alibi_slopes"] = np.ones(settings.num_heads, np.float32)
+    try:
+      attention.check_context_parallel(
+          settings.attention, config.context_parallel, shape,
+          length=models.encoded_length(settings.model, settings.pooling, config.max_len),
+          heads=settings.num_heads, kv_heads=settings.num_kv_heads, head_dim=settings.head_dim,
+          causal=settings.model == "decoder", options=options)
+    except ValueError as e:
+      raise ValueError(f"config.mesh.context={shape['context']}: {e}") from None
   if config.num_eval_batches is not None and config.num_eval_batches < 1:
     raise ValueError(f"config.num_eval_batches must be None (the whole split) or a positive "
                      f"integer, got {config.num_eval_batches!r}")

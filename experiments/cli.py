@@ -8,6 +8,7 @@ import logging as std_logging
 import os
 import sys
 
+from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -87,6 +88,10 @@ def setup(cache_dir, distributed=None):
   `distributed`: the flags of define_distributed_flags, or None.
   """
   logging.get_absl_handler().addFilter(_quiet)
+  if distributed is not None and not distributed[0].value:
+    stray = [f"--{f.name}" for f in distributed[1:] if f.value is not None]
+    if stray:
+      raise app.UsageError(f"{', '.join(stray)}: used only with --distributed")
   if distributed is not None and distributed[0].value:
     jax.distributed.initialize(coordinator_address=distributed[1].value,
                                num_processes=distributed[2].value,

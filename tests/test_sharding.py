@@ -261,3 +261,17 @@ def test_a_distributed_sweep_runs_its_trial_over_both_processes_mesh(tmp_path):
   np.testing.assert_allclose(losses(tmp_path / "two" / "trials" / trial),
                              losses(tmp_path / "one" / "trials" / trial), rtol=2e-5)
   np.testing.assert_allclose(got["final_eval"]["loss"], want["final_eval"]["loss"], rtol=2e-5)
+
+
+def test_what_only_the_split_attention_knows_is_refused_at_validation(tmp_path):
+  """Shards of whole blocks: refused before a workdir is written, naming the lengths."""
+  c = tiny_config(tmp_path / "data")
+  c.attention, c.attention_options = "bigbird", dict(block_size=8)
+  c.mesh = dict(data=1, fsdp=1, tensor=1, context=4)
+  c.context_parallel = "all_gather"
+  with pytest.raises(ValueError, match=r"config.mesh.context=4: bigbird under context "
+                                       r"parallelism: each shard's 6 rows must be a multiple "
+                                       r"of block_size=8"):
+    train.validate_config(c, num_devices=4)
+  c.attention_options = dict(block_size=6)  # 24 tokens: 6 a shard, one block each
+  train.validate_config(c, num_devices=4)

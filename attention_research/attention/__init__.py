@@ -30,6 +30,8 @@ import functools
 import inspect
 from typing import Callable, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from attention_research.attention import blockwise as _blockwise
@@ -155,9 +157,27 @@ def context_parallel(name, mesh, strategy) -> Callable:
 
   def attend(query, key, value, *, causal=False, kv_mask=None, **options):
     v.resolved_options(options)
+    if not isinstance(causal, (bool, np.bool_)):
+      raise ValueError(f"attention {name!r}: `causal` must be a Python bool, got {causal!r}")
     return _context.shard(name, v.context[strategy], mesh, query, key, value, causal=causal,
                           kv_mask=kv_mask, options=options)
   return attend
+
+
+def check_context_parallel(name, strategy, mesh_shape, *, length, heads, kv_heads, head_dim,
+                           causal, options=None):
+  """Raises the ValueError `context_parallel` would, without devices: traces the split
+  attention once on an abstract mesh of `mesh_shape` ({axis: size}), so a config is
+  refused before anything is written or compiled."""
+  mesh = jax.sharding.AbstractMesh(tuple(mesh_shape.values()), tuple(mesh_shape),
+                                   axis_types=(jax.sharding.AxisType.Auto,) * len(mesh_shape))
+  attend = context_parallel(name, mesh, strategy)
+  batch = int(np.prod([mesh_shape.get(a, 1) for a in _context.BATCH_AXES]))
+  q = jax.ShapeDtypeStruct((batch, length, heads, head_dim), jnp.float32)
+  kv = jax.ShapeDtypeStruct((batch, length, kv_heads, head_dim), jnp.float32)
+  mask = jax.ShapeDtypeStruct((batch, length), jnp.bool_)
+  jax.eval_shape(lambda q, k, m: attend(q, k, k, causal=causal, kv_mask=m, **(options or {})),
+                 q, kv, mask)
 
 
 _LONG = 1 << 20  # a length at which every sparse pattern skips most keys

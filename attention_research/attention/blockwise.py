@@ -398,6 +398,7 @@ def _backward(q, k, v, k_valid, slopes, out, lse, d_out, d_lse, causal, bq, bk,
 # ---------------------------------------------------------------------------
 # Context parallelism (context.py): one shard of the sequence per device.
 
+@context.stripes
 def context_all_gather(query, key, value, *, causal=False, kv_mask=None, axis,
                        alibi_slopes=None, variant="blockwise", **blocks):
   """Exact softmax attention of this shard's queries over the whole sequence,
@@ -418,6 +419,7 @@ def context_all_gather(query, key, value, *, causal=False, kv_mask=None, axis,
   return context.unstripe(out, axis) if causal else out
 
 
+@context.stripes
 def context_ring(query, key, value, *, causal=False, kv_mask=None, axis, alibi_slopes=None,
                  variant="blockwise", block_q=None, block_k=512, bwd_block_q=512,
                  bwd_block_k=256, sequential_heads=None):
@@ -435,7 +437,8 @@ def context_ring(query, key, value, *, causal=False, kv_mask=None, axis, alibi_s
     kv_mask = None if kv_mask is None else context.stripe(kv_mask, axis)
   q, k, v, slopes = kernel_layout(query, key, value, slopes, s)
   out = _ring(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head)
-  out = sequence_layout(out, jnp.zeros(out.shape[:-1]), s, query.dtype)[0]
+  out = out.transpose(0, 3, 1, 2, 4).reshape(s.batch, s.q_len, s.heads, s.head_dim)
+  out = out.astype(query.dtype)
   return context.unstripe(out, axis) if causal else out
 
 

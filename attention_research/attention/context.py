@@ -26,6 +26,8 @@ blocks. `stripe` and `unstripe` move contiguous shards to that layout and
 back with one all-to-all each.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,6 +111,29 @@ def check_mesh(mesh):
                      f"{list(mesh.shape)})")
 
 
+def stripes(fn):
+  """Marks a per-shard function that stripes causal attention: `shard` then pads
+  the sequence to a multiple of n x n, so each shard holds whole stripes."""
+  fn.stripes = True
+  return fn
+
+
+def unpadded(fn):
+  """Marks a per-shard function whose pattern would change with padding (bigbird's
+  random blocks are drawn from the padded block count): `shard` refuses to pad."""
+  fn.unpadded = True
+  return fn
+
+
+def padded_length(name, fn, length, n, causal):
+  """The length `shard` pads the sequence to; ValueError where `fn` may not be padded."""
+  padded = common.round_up(length, n * n if causal and getattr(fn, "stripes", False) else n)
+  if padded != length and getattr(fn, "unpadded", False):
+    raise ValueError(f"{name} under context parallelism: the sequence length {length} must be "
+                     f"a multiple of mesh.context={n} (padding would change its pattern)")
+  return padded
+
+
 def shard(name, fn, mesh, query, key, value, *, causal, kv_mask, options):
   """fn's attention over the whole sequence, each shard of the context axis
   computing its own queries' rows (see the module docstring).
@@ -123,8 +148,7 @@ def shard(name, fn, mesh, query, key, value, *, causal, kv_mask, options):
   if s.q_len != s.k_len:
     raise ValueError(f"{name} under context parallelism: self-attention only (query length "
                      f"{s.q_len} == key length {s.k_len}), got different lengths")
-  # Striping (causal) needs n rows a shard per stripe: then pad to n * n.
-  length = common.round_up(s.k_len, n * n if causal else n)
+  length = padded_length(name, fn, s.k_len, n, causal)
   if length != s.k_len or kv_mask is not None:
     real = jnp.ones((s.batch, s.k_len), bool) if kv_mask is None else kv_mask
     kv_mask = common.pad_axis(real, 1, length, value=False)
@@ -136,12 +160,11 @@ def shard(name, fn, mesh, query, key, value, *, causal, kv_mask, options):
   heads = mesh.shape.get(HEAD_AXIS, 1)
   head_axis = HEAD_AXIS if heads > 1 and s.heads % heads == 0 else None
   if head_axis and s.kv_heads % heads:
-    # Fewer key/value heads than head shards: each shard takes the one its
-    # query heads share, repeated here (its gradient sums back).
-    if heads % s.kv_heads:
-      raise ValueError(f"{name} under context parallelism: {s.kv_heads} key/value heads over "
-                       f"{heads} {HEAD_AXIS} shards; one must divide the other")
-    key, value = (jnp.repeat(x, heads // s.kv_heads, axis=2) for x in (key, value))
+    # Key/value heads the head shards do not divide: each is repeated up to
+    # lcm(kv heads, shards), which divides the query heads, so every shard
+    # holds whole groups (the gradient sums the copies back).
+    copies = math.lcm(s.kv_heads, heads) // s.kv_heads
+    key, value = (jnp.repeat(x, copies, axis=2) for x in (key, value))
   batch = batch_axes or None
   rows = P(batch, AXIS, head_axis, None)
   slopes = options.pop("alibi_slopes", None)

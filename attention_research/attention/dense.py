@@ -81,6 +81,7 @@ def _without_mask(strategy):
       raise ValueError("dense: `mask` is not supported under context parallelism (no shard "
                        "holds the [Lq, Lk] pattern); use causal, kv_mask or a sparse variant")
     return strategy(query, key, value, variant="dense", **kwargs)
+  per_shard.stripes = strategy.stripes
   return per_shard
 
 

@@ -286,7 +286,7 @@ def _gather(x, axis):
   return jax.lax.all_gather(x, axis, axis=1, tiled=True)
 
 
-def _whole_shards(variant, rows, multiple, option):
+def _check_whole_shards(variant, rows, multiple, option):
   if rows % multiple:
     raise ValueError(f"{variant} under context parallelism: each shard's {rows} rows must be a "
                      f"multiple of {option}={multiple}, so no {option} straddles two shards; "
@@ -300,7 +300,7 @@ def strided_context(query, key, value, *, causal=False, kv_mask=None, axis, stri
   s = common.check_inputs("strided", query, key, value, kv_mask)
   stride = common.positive_int("strided", "stride", stride)
   rows = s.q_len
-  _whole_shards("strided", rows, stride, "stride")
+  _check_whole_shards("strided", rows, stride, "stride")
   start = jax.lax.axis_index(axis) * rows
   real = jnp.ones((s.batch, rows), bool) if kv_mask is None else kv_mask
   key, value, real = _gather(key, axis), _gather(value, axis), _gather(real, axis)
@@ -390,6 +390,7 @@ def bigbird_flops_per_query(seq_len, *, heads, kv_heads, head_dim, causal, block
   return common.softmax_flops_per_query(keys, seq_len, heads, head_dim)
 
 
+@context.unpadded
 def bigbird_context(query, key, value, *, causal=False, kv_mask=None, axis, block_size=64,
                     num_window_blocks=3, num_global_blocks=2, num_random_blocks=3, seed=0):
   """`bigbird` on one shard of the sequence, all_gather only: the keys are
@@ -402,7 +403,7 @@ def bigbird_context(query, key, value, *, causal=False, kv_mask=None, axis, bloc
   masks.check_bigbird_options(block_size, num_window_blocks, num_global_blocks,
                               num_random_blocks, seed)
   rows = s.q_len
-  _whole_shards("bigbird", rows, block_size, "block_size")
+  _check_whole_shards("bigbird", rows, block_size, "block_size")
   start = jax.lax.axis_index(axis) * rows
   real = jnp.ones((s.batch, rows), bool) if kv_mask is None else kv_mask
   key, value, real = _gather(key, axis), _gather(value, axis), _gather(real, axis)
