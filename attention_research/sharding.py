@@ -44,6 +44,13 @@ RULES = {
     "mlp": "tensor",
     "classes": None,
     "positions": None,
+    # Activations (models/transformer.py constrains the residual stream and the
+    # MLP's hidden units): the batch as above, the sequence over context, the
+    # hidden units over tensor; d_model whole (fsdp already splits the batch).
+    "activation_batch": ("data", "fsdp"),
+    "activation_length": "context",
+    "activation_embed": None,
+    "activation_mlp": "tensor",
 }
 
 # (regex on the '/'-joined path of a parameter, its logical axes). The first
@@ -184,6 +191,14 @@ def state_shardings(abstract_state, mesh):
 def batch_sharding(mesh):
   """Batches [B, ...] split over data x fsdp, whole along the other axes."""
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+
+
+def constrain(x, axes, mesh):
+  """x laid out over `mesh` by its logical `axes` (inside jit); x itself without a mesh."""
+  if mesh is None:
+    return x
+  return jax.lax.with_sharding_constraint(
+      x, jax.sharding.NamedSharding(mesh, spec(axes, x.shape, mesh)))
 
 
 def constrain_batch(batch, mesh):

@@ -326,8 +326,11 @@ def _train(config, settings, workdir, start_time, result, life):
   load_index, load_count = sharding.batch_loading(batch_sharding, config.batch_size)
   logging.info("mesh: %s over %d devices, %d processes", sharding.describe(mesh), len(devices),
                jax.process_count())
-  if mesh.shape["context"] > 1:  # attention splits the sequence; so do the activations
-    settings = dataclasses.replace(settings, context_parallel=(mesh, config.context_parallel))
+  # The model constrains its activations to the mesh; attention splits the
+  # sequence when the context axis does.
+  settings = dataclasses.replace(settings, mesh=mesh)
+  if mesh.shape["context"] > 1:
+    settings = dataclasses.replace(settings, context_parallel=config.context_parallel)
     logging.info("context parallelism: %s attention, %s", config.context_parallel,
                  settings.attention)
 

@@ -26,10 +26,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from attention_research import sharding
 from attention_research.models import attention_layer
 from attention_research.models import positional
 
 ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu}
+# Logical axes of the residual stream and the MLP's hidden units (sharding.RULES).
+ACTIVATIONS_AXES = ("activation_batch", "activation_length", "activation_embed")
+MLP_AXES = ("activation_batch", "activation_length", "activation_mlp")
 KERNEL_INITS = {
     "xavier_uniform": nn.initializers.xavier_uniform,
     "he_normal": nn.initializers.he_normal,
@@ -67,9 +71,12 @@ class Settings:
   pooling: str
   tie_embeddings: bool
   compute_dtype: str
-  # (mesh, strategy): attention split over the mesh's "context" axis
+  # The trainer's mesh: the main activations are constrained to it under
+  # sharding.RULES (None: no constraints, as on one device).
+  mesh: Optional[object] = None
+  # A strategy: attention split over the mesh's "context" axis
   # (attention.context_parallel); None: on each device's whole sequence.
-  context_parallel: Optional[tuple] = None
+  context_parallel: Optional[str] = None
 
   @property
   def dtype(self):
@@ -103,7 +110,7 @@ class Block(nn.Module):
   def __call__(self, x, kv_mask=None, *, deterministic=True):
     s = self.settings
     init, residual_init = kernel_inits(s)
-    x = x.astype(jnp.float32)
+    x = sharding.constrain(x.astype(jnp.float32), ACTIVATIONS_AXES, s.mesh)
     drop = lambda y: nn.Dropout(s.dropout)(y, deterministic=deterministic).astype(jnp.float32)
     # Pre-LN norms feed a branch (compute dtype); post-LN norms are the stream.
     norm = lambda name: nn.LayerNorm(dtype=s.dtype if s.norm == "pre" else jnp.float32,
@@ -114,13 +121,14 @@ class Block(nn.Module):
           num_heads=s.num_heads, num_kv_heads=s.num_kv_heads, head_dim=s.head_dim,
           attention=s.attention, attention_options=s.attention_options,
           dropout_rate=s.attention_dropout, causal=self.causal, use_rope=s.pos == "rope",
-          rope_base=s.rope_base, use_alibi=s.pos == "alibi", context_parallel=s.context_parallel,
-          kernel_init=init,
+          rope_base=s.rope_base, use_alibi=s.pos == "alibi",
+          context_parallel=s.context_parallel and (s.mesh, s.context_parallel), kernel_init=init,
           out_kernel_init=residual_init, dtype=s.dtype, name="attention",
       )(y, kv_mask, deterministic=deterministic)
 
     def mlp(y):
       y = nn.Dense(s.mlp_dim, kernel_init=init, dtype=s.dtype, name="mlp_in")(y)
+      y = sharding.constrain(y, MLP_AXES, s.mesh)
       y = ACTIVATIONS[s.activation](y)
       return nn.Dense(s.d_model, kernel_init=residual_init, dtype=s.dtype, name="mlp_out")(y)
 
