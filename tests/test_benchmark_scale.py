@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.test_train import ROOT
 
 
@@ -24,8 +26,9 @@ def test_the_scale_benchmark_writes_its_three_tables(tmp_path):
           line.startswith("| blockwise") or line.startswith("| data") or
           line.startswith("| fsdp")}
   cell = lambda key, i: float(rows[key].strip("|").split("|")[i])
-  # linear's temporaries are all per token: exactly halved on two devices.
-  assert cell(("linear", "ring", "1"), 3) == 2 * cell(("linear", "ring", "2"), 3)
+  # linear's temporaries are all per token: halved on two devices (to the table's 3 digits).
+  assert cell(("linear", "ring", "1"), 3) == pytest.approx(2 * cell(("linear", "ring", "2"), 3),
+                                                           rel=0.02)
   assert cell(("blockwise", "ring", "2"), 5) < cell(("blockwise", "ring", "1"), 5)  # peak
   # Table 2: two devices fit a longer sequence than one in the same budget.
   longest = [line for line in text.splitlines() if line.startswith("| linear | ring |")][-1]

@@ -147,31 +147,53 @@ def local_context(query, key, value, *, causal=False, kv_mask=None, axis, window
   """`local` on one shard of the sequence (context.py), under either strategy:
   the shard fetches only the keys its window reaches from the shards beside it
   (a halo of `window` rounded up to whole blocks on each side, one side when
-  causal), never the whole ring. The shard's queries then run as `local`'s
-  one-step path (rows_per_step does not split a shard)."""
-  del rows_per_step
+  causal), never the whole ring. Its queries then run as `local`'s do, in
+  steps of at most `rows_per_step` rows, each rematerialised."""
   s = common.check_inputs("local", query, key, value, kv_mask)
   slopes = common.check_alibi_slopes("local", alibi_slopes, s.heads)
   window = common.non_negative_int("local", "window", window)
   block = _default_block(window) if block_size is None else common.positive_int(
       "local", "block_size", block_size)
+  if rows_per_step is not None:
+    rows_per_step = common.positive_int("local", "rows_per_step", rows_per_step)
   reach = -(-window // block)
+  halo = reach * block
   real = jnp.ones((s.batch, s.k_len), bool) if kv_mask is None else kv_mask
   parts = [(key, value, real)]
   if reach:
-    halo = lambda before: tuple(context.halo(x, reach * block, axis, before=before)
-                                for x in (key, value, real))
-    parts = [halo(True)] + parts + ([] if causal else [halo(False)])
+    around = lambda before: tuple(context.halo(x, halo, axis, before=before)
+                                  for x in (key, value, real))
+    parts = [around(True)] + parts + ([] if causal else [around(False)])
   key, value, real = (jnp.concatenate(x, axis=1) for x in zip(*parts))
-  # The shard's queries sit `reach` blocks into the keys; positions count from there.
-  nq, nk = -(-s.q_len // block), -(-key.shape[1] // block)
-  table = np.arange(nq)[:, None] + np.arange(reach + 1 if causal else 2 * reach + 1)[None, :]
-  table = np.where(table < nk, table, -1).astype(np.int32)
+
+  # Steps of m query blocks; step c's keys are the window of the halo'd keys
+  # from its first row on, so its queries sit `reach` blocks into it.
+  nq = -(-s.q_len // block)
+  per_step = nq if rows_per_step is None else max(1, rows_per_step // block)
+  steps = -(-nq // per_step)
+  m = -(-nq // steps)
+  span = (m + (reach if causal else 2 * reach)) * block
+  length = (steps - 1) * m * block + span
+  key, value = (common.pad_axis(x, 1, max(length, x.shape[1])) for x in (key, value))
+  real = common.pad_axis(real, 1, max(length, real.shape[1]), value=False)
+  windows = (np.arange(steps) * m * block)[:, None] + np.arange(span)
+  by_step = lambda x: jnp.moveaxis(x[:, windows], 1, 0)       # [steps, B, span, ...]
+  q = common.pad_axis(query, 1, steps * m * block)
+  q = jnp.moveaxis(q.reshape(s.batch, steps, m * block, *query.shape[2:]), 1, 0)
+  table = np.arange(m)[:, None] + np.arange(span // block - m + 1)[None, :]
   allowed = lambda i, j: masks.local_allowed(i, j, window=window, causal=causal)
-  partials = _gathered_partials(query, key, value, real, s._replace(k_len=key.shape[1]),
-                                block=block, table=table, allowed=allowed, first_block=reach,
-                                slopes=slopes)
-  return _output(partials, s, query.dtype)
+  step_shapes = s._replace(q_len=m * block, k_len=span)
+
+  @jax.checkpoint
+  def step(args):
+    q_c, k_c, v_c, real_c = args
+    partials = _gathered_partials(q_c, k_c, v_c, real_c, step_shapes, block=block, table=table,
+                                  allowed=allowed, first_block=reach, slopes=slopes)
+    return _output(partials, step_shapes, query.dtype)
+
+  out = jax.lax.map(step, (q, by_step(key), by_step(value), by_step(real)))
+  out = jnp.moveaxis(out, 0, 1).reshape(s.batch, steps * m * block, s.heads, s.head_dim)
+  return out[:, :s.q_len]
 
 
 def _local_steps(query, key, value, kv_mask, s, *, block, reach, causal, allowed, slopes, nq,
