@@ -125,6 +125,12 @@ def validate_config(config, num_devices):
   return settings
 
 
+def new_state(model, optimizer, key, inputs, input_mask):
+  """The train state at step 0: parameters, optimizer state, step."""
+  params = model.init(key, inputs, input_mask, train=False)["params"]
+  return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
 def learning_rate_schedule(config):
   """Linear warmup to config.learning_rate, then cosine to 0, rsqrt, or constant."""
   peak, warmup, total = config.learning_rate, config.warmup_steps, config.total_steps
@@ -363,11 +369,8 @@ def _train(config, settings, workdir, start_time, result, life):
   init_key, dropout_root = jax.random.split(root_key)
   example = next(iter(eval_batches()))
 
-  def init_state():
-    params = model.init(init_key, jnp.asarray(example["inputs"]),
-                        jnp.asarray(example["input_mask"]), train=False)["params"]
-    return {"params": params, "opt_state": optimizer.init(params),
-            "step": jnp.zeros((), jnp.int32)}
+  init_state = functools.partial(new_state, model, optimizer, init_key,
+                                 jnp.asarray(example["inputs"]), jnp.asarray(example["input_mask"]))
 
   abstract_state = jax.eval_shape(init_state)
   state_sharding = sharding.state_shardings(abstract_state, mesh)

@@ -119,12 +119,8 @@ def state_bytes(config, meshes):
   optimizer = train.make_optimizer(config, train.learning_rate_schedule(config))
   tokens = jnp.zeros((config.batch_size, config.max_len), jnp.int32)
 
-  def init():
-    params = model.init(jax.random.key(0), tokens, tokens > 0, train=False)["params"]
-    return {"params": params, "opt_state": optimizer.init(params),
-            "step": jnp.zeros((), jnp.int32)}
-
-  abstract = jax.eval_shape(init)
+  abstract = jax.eval_shape(lambda: train.new_state(model, optimizer, jax.random.key(0), tokens,
+                                                    tokens > 0))
   rows = []
   for mesh_config in meshes:
     shape = sharding.mesh_shape(dict(mesh_config), len(jax.devices()))
