@@ -63,6 +63,12 @@ def build_cases():
     cases.append(dict(variant="blockwise", strategy="ring", mesh=dict(data=2, tensor=2, context=2),
                       causal=True, length=40, options=SMALL["blockwise"], alibi=True,
                       kv_heads=kv_heads, seed=len(cases)))
+  # All heads in one pass (the default off CPU), grouped: the kernels add into
+  # the travelling gradients of a key/value head for each of its query heads.
+  cases.append(dict(variant="blockwise", strategy="ring", mesh=dict(data=2, context=4),
+                    causal=False, length=44,
+                    options=dict(SMALL["blockwise"], sequential_heads=False), alibi=True,
+                    kv_heads=1, seed=len(cases)))
   cases.append(dict(variant="linear", strategy="ring", mesh=dict(fsdp=2, tensor=2, context=2),
                     causal=True, length=40, options=SMALL["linear"], alibi=False, kv_heads=1,
                     seed=len(cases)))

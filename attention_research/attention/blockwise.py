@@ -213,15 +213,25 @@ def _first_query_block(kj, causal, bq, bk, nq, pos):
   return jnp.clip(rows // bq, 0, nq)
 
 
-def _forward(q, k, v, k_valid, slopes, causal, bq, bk, pos=Positions()):
-  """Returns out [B, Hkv, G, Lq, D] (float32) and lse [B, Hkv, G, Lq]."""
+def _forward(q, k, v, k_valid, slopes, out, lse, causal, bq, bk, pos=Positions()):
+  """Attention of q over k and v merged into (out [B, Hkv, G, Lq, D] float32,
+  lse [B, Hkv, G, Lq]), the normalised output and log-sum-exp of keys seen
+  before (lse not finite: none yet), in place; lse is +inf for a row with no key."""
   b, hkv, g, lq, d = q.shape
   nk = k.shape[2] // bk
   # Key blocks laid out [D, bk] once, so no tile transposes its keys.
   k_blocks = k.reshape(b, hkv, nk, bk, d).swapaxes(3, 4)
 
-  def query_block(qi):
+  def query_block(qi, carry):
+    out, lse = carry
     q_blk = jax.lax.dynamic_slice_in_dim(q, qi * bq, bq, axis=3)
+    lse_blk = jax.lax.dynamic_slice_in_dim(lse, qi * bq, bq, axis=3)
+    seen = jnp.isfinite(lse_blk)
+    # The online softmax goes on from the keys seen before: their normalised
+    # output is their weighted sum at scale lse, with weight sum 1.
+    m = jnp.where(seen, lse_blk, -jnp.inf)
+    l = seen.astype(jnp.float32)
+    acc = jnp.where(seen[..., None], jax.lax.dynamic_slice_in_dim(out, qi * bq, bq, axis=3), 0.0)
 
     def key_block(kj, carry):
       m, l, acc = carry
@@ -238,70 +248,89 @@ def _forward(q, k, v, k_valid, slopes, causal, bq, bk, pos=Positions()):
                       preferred_element_type=jnp.float32)
       return m_new, l, acc * corr[..., None] + pv
 
-    init = (jnp.full((b, hkv, g, bq), -jnp.inf), jnp.zeros((b, hkv, g, bq)),
-            jnp.zeros((b, hkv, g, bq, d)))
     m, l, acc = jax.lax.fori_loop(0, _num_key_blocks(qi, causal, bq, bk, nk, pos), key_block,
-                                   init)
+                                  (m, l, acc))
     has_key = l > 0
-    out = jnp.where(has_key[..., None], acc / jnp.where(has_key, l, 1.0)[..., None], 0.0)
+    out_blk = jnp.where(has_key[..., None], acc / jnp.where(has_key, l, 1.0)[..., None], 0.0)
     # +inf for an empty row makes exp(logit - lse) = 0 in the backward pass.
-    lse = jnp.where(has_key, m + jnp.log(jnp.where(has_key, l, 1.0)), jnp.inf)
-    return out, lse
+    lse_blk = jnp.where(has_key, m + jnp.log(jnp.where(has_key, l, 1.0)), jnp.inf)
+    return (jax.lax.dynamic_update_slice_in_dim(out, out_blk, qi * bq, axis=3),
+            jax.lax.dynamic_update_slice_in_dim(lse, lse_blk, qi * bq, axis=3))
 
-  out, lse = jax.lax.map(query_block, jnp.arange(lq // bq))  # [nq, B, Hkv, G, bq, ...]
-  out = jnp.moveaxis(out, 0, 3).reshape(b, hkv, g, lq, d)
-  lse = jnp.moveaxis(lse, 0, 3).reshape(b, hkv, g, lq)
-  return out, lse
+  return jax.lax.fori_loop(0, lq // bq, query_block, (out, lse))
 
 
-def _per_head(fn, q, k, v, k_valid, slopes, *q_like):
-  """Runs fn on one query head at a time (lax.map), returning stacked results.
+def _per_head(fn, q, k, v, k_valid, slopes, q_like, into, layout):
+  """Runs fn on one query head at a time, updating `into` in place.
 
-  fn takes the usual [b, hkv, g, L, ...] layout with b = hkv = g = 1; slopes
-  (or None) and q_like are extra arrays laid out like q's leading axes.
-  Results come back as [B * Hkv * G, ...] in (b, kv head, group) order.
+  fn takes the usual [b, hkv, g, L, ...] layout with b = hkv = g = 1, then
+  slopes (or None), the q_like arrays (laid out like q's leading axes) and
+  the `into` arrays, and returns the new `into`. `layout` says per `into`
+  array whether it is laid out like q ("q") or like k ("k"): a key/value
+  head's array gathers its G query heads' (GQA) with no per-head copies.
   """
   b, hkv, g = q.shape[:3]
 
-  def one(i):
+  def one(i, into):
     bi, hi, gi = i // (hkv * g), (i // g) % hkv, i % g
-    pick_q = lambda x: jax.lax.dynamic_index_in_dim(
-        jax.lax.dynamic_index_in_dim(jax.lax.dynamic_index_in_dim(x, bi, 0), hi, 1), gi, 2)
-    pick_kv = lambda x: jax.lax.dynamic_index_in_dim(jax.lax.dynamic_index_in_dim(x, bi, 0), hi, 1)
-    valid = None if k_valid is None else jax.lax.dynamic_index_in_dim(k_valid, bi, 0)
-    slope = None if slopes is None else pick_q(slopes)
-    return fn(pick_q(q), pick_kv(k), pick_kv(v), valid, slope, *(pick_q(x) for x in q_like))
+    corner = {"q": (bi, hi, gi), "k": (bi, hi)}
+    pick = lambda x, kind: jax.lax.dynamic_slice(
+        x, corner[kind] + (0,) * (x.ndim - len(corner[kind])),
+        (1,) * len(corner[kind]) + x.shape[len(corner[kind]):])
+    put = lambda x, y, kind: jax.lax.dynamic_update_slice(
+        x, y, corner[kind] + (0,) * (x.ndim - len(corner[kind])))
+    valid = None if k_valid is None else jax.lax.dynamic_slice_in_dim(k_valid, bi, 1, 0)
+    slope = None if slopes is None else pick(slopes, "q")
+    new = fn(pick(q, "q"), pick(k, "k"), pick(v, "k"), valid, slope,
+             *(pick(x, "q") for x in q_like), *(pick(x, kind) for x, kind in zip(into, layout)))
+    return tuple(put(x, y, kind) for x, y, kind in zip(into, new, layout))
 
-  return jax.lax.map(one, jnp.arange(b * hkv * g))
+  return jax.lax.fori_loop(0, b * hkv * g, one, tuple(into))
 
 
-def forward_partials(q, k, v, kv_mask, slopes, pos, causal, blocks, per_head):
-  """One call's (out float32 [B, Hkv, G, Lq, D], lse [B, Hkv, G, Lq]) in the
-  kernel layout (see `kernel_layout`); lse is +inf for a row with no key.
+def _fresh(shape, value, after):
+  """A float32 array of `value`, made once `after` is: XLA would otherwise
+  share one constant broadcast between the forward and the backward pass and
+  hold it from the program's start to its end (the backward's zeros come
+  after the forward's lse)."""
+  value, _ = jax.lax.optimization_barrier((jnp.float32(value), after))
+  return jnp.broadcast_to(value, shape)
+
+
+def forward_partials(q, k, v, kv_mask, slopes, pos, causal, blocks, per_head, into=None):
+  """(out float32 [B, Hkv, G, Lq, D], lse [B, Hkv, G, Lq]) in the kernel
+  layout (see `kernel_layout`) of this call's keys merged with `into`, the
+  (out, lse) of keys seen before (None: none); lse is +inf for a row with no key.
 
   The pieces of `_flash`, also used by ring attention (context.py), which
-  merges the partials of many key shards itself.
+  merges each key shard into the rows' running output in place.
   """
   bq, bk = blocks
   lq = q.shape[3]
-  q_pad = common.pad_axis(q, 3, common.round_up(lq, bq))
+  lq_pad = common.round_up(lq, bq)
+  q_pad = common.pad_axis(q, 3, lq_pad)
   k_pad, v_pad, k_valid = _padded_keys(k, v, kv_mask, bk)
+  if into is None:
+    into = _fresh(q.shape, 0.0, q), _fresh(q.shape[:-1], jnp.inf, q)
+  out, lse = common.pad_axis(into[0], 3, lq_pad), common.pad_axis(into[1], 3, lq_pad, jnp.inf)
   forward = lambda *a: _forward(*a, causal, bq, bk, pos)
   if per_head:
-    out, lse = _per_head(forward, q_pad, k_pad, v_pad, k_valid, slopes)
-    out, lse = out.reshape(q_pad.shape), lse.reshape(q_pad.shape[:-1])
+    out, lse = _per_head(forward, q_pad, k_pad, v_pad, k_valid, slopes, (), (out, lse), "qq")
   else:
-    out, lse = forward(q_pad, k_pad, v_pad, k_valid, slopes)
+    out, lse = forward(q_pad, k_pad, v_pad, k_valid, slopes, out, lse)
   return out[:, :, :, :lq], lse[:, :, :, :lq]
 
 
 def backward_partials(q, k, v, kv_mask, slopes, pos, out, lse, d_out, d_lse, causal, blocks,
-                      per_head):
+                      per_head, into=None):
   """(dq, dk, dv) float32 of one call, given the rows' final out and lse
-  (+inf for a row with no key) and their cotangents.
+  (+inf for a row with no key) and their cotangents, added to `into` (float32
+  arrays shaped like q, k and v; None: zeros).
 
   Under ring attention out and lse are those of all key shards merged, so
-  each shard's probabilities exp(logit - lse) are the final ones.
+  each shard's probabilities exp(logit - lse) are the final ones, and `into`
+  holds the gradients gathered so far: the kernel adds to them in place
+  rather than returning a second set to be added.
   """
   bq, bk = blocks
   lq, lk = q.shape[3], k.shape[2]
@@ -310,15 +339,18 @@ def backward_partials(q, k, v, kv_mask, slopes, pos, out, lse, d_out, d_lse, cau
   q_pad, out, d_out, d_lse = (common.pad_axis(x, 3, lq_pad) for x in (q, out, d_out, d_lse))
   lse = common.pad_axis(lse, 3, lq_pad, value=jnp.inf)
   k_pad, v_pad, k_valid = _padded_keys(k, v, kv_mask, bk)
+  if into is None:
+    into = _fresh(q.shape, 0.0, lse), _fresh(k.shape, 0.0, lse), _fresh(v.shape, 0.0, lse)
+  dq, dk, dv = into
+  dq = common.pad_axis(dq, 3, lq_pad)
+  dk, dv = (common.pad_axis(x, 2, k_pad.shape[2]) for x in (dk, dv))
   backward = lambda *a: _backward(*a, causal, bq, bk, pos)
   if per_head:
-    dq, dk, dv = _per_head(backward, q_pad, k_pad, v_pad, k_valid, slopes, out, lse, d_out,
-                           d_lse)
-    b, hkv, g = q.shape[:3]
-    dq = dq.reshape(q_pad.shape)
-    dk, dv = (x.reshape(b, hkv, g, *k_pad.shape[2:]).sum(2) for x in (dk, dv))  # GQA: sum the group
+    dq, dk, dv = _per_head(backward, q_pad, k_pad, v_pad, k_valid, slopes,
+                           (out, lse, d_out, d_lse), (dq, dk, dv), "qkk")
   else:
-    dq, dk, dv = backward(q_pad, k_pad, v_pad, k_valid, slopes, out, lse, d_out, d_lse)
+    dq, dk, dv = backward(q_pad, k_pad, v_pad, k_valid, slopes, out, lse, d_out, d_lse, dq, dk,
+                          dv)
   return dq[:, :, :, :lq], dk[:, :, :lk], dv[:, :, :lk]
 
 
@@ -350,9 +382,10 @@ def _flash_bwd(causal, fwd_blocks, bwd_blocks, per_head, residuals, cotangents):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def _backward(q, k, v, k_valid, slopes, out, lse, d_out, d_lse, causal, bq, bk,
+def _backward(q, k, v, k_valid, slopes, out, lse, d_out, d_lse, dq, dk, dv, causal, bq, bk,
               pos=Positions()):
-  """(dq, dk, dv) in float32, streaming key blocks (outer) and query blocks."""
+  """dq, dk, dv (float32) plus this call's gradients, streaming key blocks
+  (outer) and query blocks."""
   b, hkv, g, lq, d = q.shape
   nq, nk = lq // bq, k.shape[2] // bk
   # dlogits_ij = P_ij (dP_ij - delta_i + dlse_i), where delta_i = sum_d dO_i O_i
@@ -384,15 +417,14 @@ def _backward(q, k, v, k_valid, slopes, out, lse, d_out, d_lse, causal, bq, bk,
       return jax.lax.dynamic_update_slice_in_dim(dq, dq_blk, qi * bq, axis=3), dk_blk, dv_blk
 
     first_q = _first_query_block(kj, causal, bq, bk, nq, pos)  # earlier ones never see it
-    zeros = jnp.zeros((b, hkv, bk, d), jnp.float32)
-    dq, dk_blk, dv_blk = jax.lax.fori_loop(first_q, nq, query_block, (dq, zeros, zeros))
+    dk_blk = jax.lax.dynamic_slice_in_dim(dk, kj * bk, bk, axis=2)
+    dv_blk = jax.lax.dynamic_slice_in_dim(dv, kj * bk, bk, axis=2)
+    dq, dk_blk, dv_blk = jax.lax.fori_loop(first_q, nq, query_block, (dq, dk_blk, dv_blk))
     dk = jax.lax.dynamic_update_slice_in_dim(dk, dk_blk, kj * bk, axis=2)
     dv = jax.lax.dynamic_update_slice_in_dim(dv, dv_blk, kj * bk, axis=2)
     return dq, dk, dv
 
-  init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32),
-          jnp.zeros(v.shape, jnp.float32))
-  return jax.lax.fori_loop(0, nk, key_block, init)
+  return jax.lax.fori_loop(0, nk, key_block, (dq, dk, dv))
 
 
 # ---------------------------------------------------------------------------
@@ -450,18 +482,6 @@ def _shard_positions(axis, i, j, rows, causal):
   return Positions(i * rows, 1, j * rows, 1)
 
 
-def _merge(out, lse, out_b, lse_b):
-  """Normalised outputs of two disjoint key sets, merged by their lse (-inf: no key)."""
-  m = jnp.maximum(lse, lse_b)
-  safe = jnp.where(jnp.isfinite(m), m, 0.0)
-  wa, wb = jnp.exp(lse - safe), jnp.exp(lse_b - safe)
-  total = wa + wb
-  has_key = total > 0
-  inv = jnp.where(has_key, 1.0 / jnp.where(has_key, total, 1.0), 0.0)
-  out = (out * wa[..., None] + out_b * wb[..., None]) * inv[..., None]
-  return out, jnp.where(has_key, safe + jnp.log(jnp.where(has_key, total, 1.0)), -jnp.inf)
-
-
 def _rotate_all(xs, axis):
   return tuple(None if x is None else context.rotate(x, axis) for x in xs)
 
@@ -475,19 +495,19 @@ def _ring_fwd(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, pe
   del bwd_blocks
   n, i, rows = context.size(axis), jax.lax.axis_index(axis), k.shape[2]
 
-  def block(t, k_t, v_t, mask_t):
+  def block(t, k_t, v_t, mask_t, into):
     pos = _shard_positions(axis, i, (i - t) % n, rows, causal)
-    out, lse = forward_partials(q, k_t, v_t, mask_t, slopes, pos, causal, fwd_blocks, per_head)
-    return out, jnp.where(jnp.isfinite(lse), lse, -jnp.inf)
+    return forward_partials(q, k_t, v_t, mask_t, slopes, pos, causal, fwd_blocks, per_head, into)
 
   def step(t, carry):
     k_t, v_t, mask_t = _rotate_all(carry[:3], axis)
-    out, lse = _merge(*carry[3:], *block(t, k_t, v_t, mask_t))
-    return k_t, v_t, mask_t, out, lse
+    return k_t, v_t, mask_t, *block(t, k_t, v_t, mask_t, carry[3:])
 
-  carry = jax.lax.fori_loop(1, n, step, (k, v, kv_mask, *block(0, k, v, kv_mask)))
-  out, lse = carry[3:]
-  return out, (q, k, v, kv_mask, slopes, out, jnp.where(jnp.isfinite(lse), lse, jnp.inf))
+  k, v, kv_mask, out, lse = jax.lax.fori_loop(1, n, step,
+                                              (k, v, kv_mask, *block(0, k, v, kv_mask, None)))
+  # The residual keys are the shard the ring ended on, i + 1's, not this one's:
+  # a copy of this shard's kept for the backward would be a third of each.
+  return out, (q, k, v, kv_mask, slopes, out, lse)
 
 
 def _ring_bwd(causal, axis, fwd_blocks, bwd_blocks, per_head, residuals, d_out):
@@ -495,21 +515,26 @@ def _ring_bwd(causal, axis, fwd_blocks, bwd_blocks, per_head, residuals, d_out):
   q, k, v, kv_mask, slopes, out, lse = residuals
   n, i, rows = context.size(axis), jax.lax.axis_index(axis), k.shape[2]
   d_lse = jnp.zeros_like(lse)
+  first = i + 1  # the key shard the forward ended on
+  # Not before the forward has ended: XLA would move the first rotation of an
+  # unrolled loop (two shards) there, and hold its result through the forward.
+  k, v, kv_mask, _ = jax.lax.optimization_barrier((k, v, kv_mask, lse))
 
-  def block(t, k_t, v_t, mask_t):
-    pos = _shard_positions(axis, i, (i - t) % n, rows, causal)
+  def block(t, k_t, v_t, mask_t, into):
+    pos = _shard_positions(axis, i, (first - t) % n, rows, causal)
     return backward_partials(q, k_t, v_t, mask_t, slopes, pos, out, lse, d_out, d_lse, causal,
-                             bwd_blocks, per_head)
+                             bwd_blocks, per_head, into)
 
   def step(t, carry):
     # Each key shard travels with the gradient it has gathered so far.
     k_t, v_t, mask_t, dk_t, dv_t = _rotate_all(carry[:5], axis)
-    dq, dk, dv = block(t, k_t, v_t, mask_t)
-    return k_t, v_t, mask_t, dk_t + dk, dv_t + dv, carry[5] + dq
+    dq, dk_t, dv_t = block(t, k_t, v_t, mask_t, (carry[5], dk_t, dv_t))
+    return k_t, v_t, mask_t, dk_t, dv_t, dq
 
-  dq, dk, dv = block(0, k, v, kv_mask)
+  dq, dk, dv = block(0, k, v, kv_mask, None)
   carry = jax.lax.fori_loop(1, n, step, (k, v, kv_mask, dk, dv, dq))
-  dk, dv = _rotate_all(carry[3:5], axis)  # one step more: each shard's gradient is home
+  # This device now holds shard i + 2 - n's gradient (the ring's last): it goes home.
+  dk, dv = (context.rotate(x, axis, hops=2) for x in carry[3:5])
   d_slopes = None if slopes is None else jnp.zeros_like(slopes)
   return carry[5].astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, d_slopes
 

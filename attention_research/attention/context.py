@@ -45,12 +45,15 @@ def size(axis):
   return jax.lax.axis_size(axis)
 
 
-def rotate(x, axis):
-  """x from the previous shard along the ring: shard j receives shard j - 1's (n - 1's for 0)."""
+def rotate(x, axis, hops=1):
+  """x from `hops` shards before along the ring: shard j receives shard
+  j - hops's (wrapping around)."""
   n = size(axis)
+  if hops % n == 0:
+    return x
   if x.dtype == jnp.bool_:  # collectives move numbers
-    return rotate(x.astype(jnp.int8), axis).astype(bool)
-  return jax.lax.ppermute(x, axis, [(j, (j + 1) % n) for j in range(n)])
+    return rotate(x.astype(jnp.int8), axis, hops).astype(bool)
+  return jax.lax.ppermute(x, axis, [(j, (j + hops) % n) for j in range(n)])
 
 
 def shift(x, axis, hops):
