@@ -38,9 +38,11 @@ _CAUSAL = flags.DEFINE_bool("causal", True, "Causal attention (striped under rin
 _WINDOW = flags.DEFINE_integer("window", 256, "local's window.")
 _BUDGET = flags.DEFINE_float("budget_mb", 256.0, "Per-device budget of table 2, in MB (1e6).")
 _START = flags.DEFINE_integer("start_length", 1024, "Table 2's search starts here.")
-_CALLS = flags.DEFINE_integer("calls", 1, "Timed calls per point of table 1 (after a warm-up).")
+_CALLS = flags.DEFINE_integer("calls", 1, "Timed calls per point of table 1 (after a warm-up); "
+                               "0 compiles only (memory without times).")
 _TRAIN_CONFIG = config_flags.DEFINE_config_file(
     "train_config", "configs/tasks/mqar.py:scale=cpu", "Table 3's model (a task config).")
+_LONGEST_TABLE = flags.DEFINE_bool("longest_table", True, "Measure table 2.")
 _STATE_TABLE = flags.DEFINE_bool("state_table", True, "Measure table 3.")
 _STATE_MESHES = flags.DEFINE_list("state_meshes", ["data=-1", "fsdp=-1", "fsdp=4/tensor=2"],
                                   "Table 3's meshes: axis=size pairs joined by '/'.")
@@ -98,18 +100,19 @@ def main(argv):
             "`temp x devices / one's` is 1.0 when a device's temporary memory falls as 1/n.",
             "", tabulate.markdown_table(header, rows), ""]
 
-  header = ["variant", "strategy"] + [f"{n} devices" for n in counts] + ["longest vs one"]
-  rows = []
-  for name, strategy in cases():
-    found = [scale.longest_length(name, strategy, n, _BUDGET.value * 1e6, shapes,
-                                  start=_START.value) for n in counts]
-    print(name, strategy, found, flush=True)
-    ratios = "-" if not found[0] else ", ".join(
-        f"{f / found[0]:.2f}" if f else "-" for f in found)
-    rows.append([name, strategy, *found, ratios])
-  lines += [f"## 2. Longest L whose forward+backward fits {_BUDGET.value:g} MB a device", "",
-            "Doubling from the start length, then bisecting the last doubling to an eighth.",
-            "", tabulate.markdown_table(header, rows), ""]
+  if _LONGEST_TABLE.value:
+    header = ["variant", "strategy"] + [f"{n} devices" for n in counts] + ["longest vs one"]
+    rows = []
+    for name, strategy in cases():
+      found = [scale.longest_length(name, strategy, n, _BUDGET.value * 1e6, shapes,
+                                    start=_START.value) for n in counts]
+      print(name, strategy, found, flush=True)
+      ratios = "-" if not found[0] else ", ".join(
+          f"{f / found[0]:.2f}" if f else "-" for f in found)
+      rows.append([name, strategy, *found, ratios])
+    lines += [f"## 2. Longest L whose forward+backward fits {_BUDGET.value:g} MB a device", "",
+              "Doubling from the start length, then bisecting the last doubling to an eighth.",
+              "", tabulate.markdown_table(header, rows), ""]
 
   if _STATE_TABLE.value:
     found = scale.state_bytes(_TRAIN_CONFIG.value, [parse_mesh(m) for m in _STATE_MESHES.value])

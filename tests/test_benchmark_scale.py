@@ -37,3 +37,12 @@ def test_the_scale_benchmark_writes_its_three_tables(tmp_path):
   # Table 3: FSDP over two devices halves the state a device, to within the unsplit vectors.
   fsdp = [line for line in text.splitlines() if line.startswith("| fsdp 2")][0]
   assert 1.9 < float(fsdp.strip("|").split("|")[2]) <= 2.0
+
+
+def test_a_point_compiled_only_has_the_memory_of_a_timed_one_and_no_time():
+  from attention_research.benchmark import scale
+  shapes = scale.Shapes(heads=2, head_dim=16)
+  timed = scale.context_point("linear", "ring", 1, 256, shapes, calls=1)
+  compiled = scale.context_point("linear", "ring", 1, 256, shapes, calls=0)
+  assert (compiled["temp"], compiled["peak"]) == (timed["temp"], timed["peak"])
+  assert compiled["seconds"] != compiled["seconds"] and timed["seconds"] > 0  # NaN: not run

@@ -64,11 +64,14 @@ def _memory(compiled):
 
 
 def context_point(name, strategy, devices, length, shapes, calls=1):
-  """{temp, peak} bytes a device and the median seconds of `calls` forward+backward calls."""
+  """{temp, peak} bytes a device and the median seconds of `calls` forward+backward calls
+  (calls=0: compiled only, seconds NaN, for lengths too slow to run on simulated devices)."""
   start = time.perf_counter()
   compiled, split = _compiled(name, strategy, devices, length, shapes)
   compile_s = time.perf_counter() - start
   temp, peak = _memory(compiled)
+  if calls == 0:
+    return dict(temp=temp, peak=peak, seconds=float("nan"), compile_s=compile_s)
   rng = np.random.default_rng(0)
   args = [jax.device_put(rng.standard_normal(
       (shapes.batch, length, shapes.heads, shapes.head_dim)).astype(np.float32), split)
