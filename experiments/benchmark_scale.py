@@ -27,8 +27,10 @@ from experiments import cli
 
 _VARIANTS = flags.DEFINE_list("variants", ["blockwise", "local", "linear"],
                               "Registered variants, each under every strategy it has.")
-_STRATEGIES = flags.DEFINE_list("strategies", list(attention.CONTEXT_STRATEGIES),
-                                "Context-parallel strategies to measure.")
+_STRATEGIES = flags.DEFINE_list(
+    "strategies", ["ring", "ring+overlap", "all_gather"],
+    "Context-parallel strategies to measure; ring+overlap and ring+serial force the ring's "
+    "schedule (plain ring: this backend's default), for the variants whose keys travel whole.")
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4", "8"], "Device counts along `context`.")
 _LENGTH = flags.DEFINE_integer("length", 4096, "L of table 1.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Batch size B.")
@@ -59,8 +61,10 @@ def parse_mesh(text):
 
 def cases():
   for name in _VARIANTS.value:
+    v = attention.variant(name)
     for strategy in _STRATEGIES.value:
-      if strategy in attention.variant(name).context:
+      base, _, schedule = strategy.partition("+")
+      if base in v.context and (not schedule or getattr(v.context[base], "overlaps", False)):
         yield name, strategy
 
 

@@ -69,6 +69,12 @@ def build_cases():
                     causal=False, length=44,
                     options=dict(SMALL["blockwise"], sequential_heads=False), alibi=True,
                     kv_heads=1, seed=len(cases)))
+  # The ring's other schedule (CPU runs it serially by default): each step's
+  # keys sent on while it computes, in a loop.
+  for variant, n, causal in (("blockwise", 4, True), ("dense", 8, False)):
+    cases.append(dict(variant=variant, strategy="ring", mesh=dict(data=8 // n, context=n),
+                      causal=causal, length=44 if n == 4 else 40, options=SMALL[variant],
+                      alibi=True, kv_heads=2, seed=len(cases), overlap=True))
   cases.append(dict(variant="linear", strategy="ring", mesh=dict(fsdp=2, tensor=2, context=2),
                     causal=True, length=40, options=SMALL["linear"], alibi=False, kv_heads=1,
                     seed=len(cases)))
@@ -80,8 +86,8 @@ CASES = build_cases()
 
 def case_id(case):
   mesh = "x".join(f"{a}{s}" for a, s in case["mesh"].items() if s > 1)
-  return (f"{case['variant']}-{case['strategy']}-{'causal' if case['causal'] else 'full'}-"
-          f"{mesh}-kv{case['kv_heads']}")
+  return (f"{case['variant']}-{case['strategy']}{'-overlap' if case.get('overlap') else ''}-"
+          f"{'causal' if case['causal'] else 'full'}-{mesh}-kv{case['kv_heads']}")
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +204,11 @@ def test_shards_must_hold_whole_blocks_and_dense_masks_are_refused():
     attention.context_parallel("dense", mesh, "ring")(q, q, q, mask=np.ones((10, 10), bool))
   with pytest.raises(ValueError, match=r"the mesh has no 'context' axis"):
     attention.context_parallel("dense", jax.make_mesh((1,), ("data",)), "ring")
+
+
+@pytest.mark.parametrize("name, strategy", [("local", "ring"), ("blockwise", "all_gather"),
+                                            ("linear", "ring")])
+def test_overlap_is_refused_where_no_key_shard_travels_whole(name, strategy):
+  with pytest.raises(ValueError, match=rf"attention '{name}' under '{strategy}': `overlap` is for "
+                                       r"strategies whose key shards travel whole"):
+    attention.context_parallel(name, one_device_mesh(), strategy, overlap=True)

@@ -14,6 +14,12 @@ or not; blockwise and local build it tile by tile, never as Lq x Lk);
 `alibi_slopes(H)` gives the paper's slopes, and `"alibi_slopes" in
 variant(name).options` says whether a variant takes them.
 
+Vendor kernels (kernels/): the exact variants take `implementation`, one of
+`kernels.IMPLEMENTATIONS` ("auto", "xla", "pallas_tpu", "pallas_gpu",
+"cudnn"): "auto" runs Pallas splash attention on TPU, cuDNN or the Pallas GPU
+kernel on GPU where they can serve the call, and the variant's own XLA code
+otherwise (kernels/choose.py says what each serves).
+
 Adding a variant: write one file with the function and its cost, add one
 `register(...)` line below; the conformance tests, the benchmark, the models
 and the trainer then pick it up by name. An exact variant also names its mask
@@ -22,7 +28,9 @@ tests check it against. The cost is a function (seq_len, *, heads, kv_heads,
 head_dim, causal, **options) -> forward FLOPs per query token of
 self-attention, called with every option resolved (`Variant.flops_per_query`);
 the models' FLOP counts and the benchmark read it. No other module keeps a
-table of variants or branches on their names.
+table of variants or branches on their names, but for the vendor kernels,
+which list the variants they serve and build each one's pattern in the
+kernel's own terms (kernels/splash.py).
 """
 
 import dataclasses
@@ -144,23 +152,31 @@ def get(name) -> Callable:
   return variant(name).fn
 
 
-def context_parallel(name, mesh, strategy) -> Callable:
+def context_parallel(name, mesh, strategy, *, overlap=None) -> Callable:
   """Variant `name` over the sequence split along `mesh`'s "context" axis
   (context.py), by `strategy` ("ring" or "all_gather"): a function with the
-  variant's contract. A strategy the variant lacks is a ValueError naming both."""
+  variant's contract. A strategy the variant lacks is a ValueError naming both.
+  `overlap` (ring attention of dense and blockwise, whose key shards travel
+  whole): send each step's keys on while computing with them, at about two
+  shard-sized arrays more a device; None: off on CPU, on elsewhere."""
   v = variant(name)
   if strategy not in v.context:
     raise ValueError(f"attention {name!r} has no context-parallel strategy {strategy!r}; it "
                      f"has {sorted(v.context) or 'none'} (strategies: "
                      f"{list(CONTEXT_STRATEGIES)})")
   _context.check_mesh(mesh)
+  per_shard = v.context[strategy]
+  if overlap is not None and not getattr(per_shard, "overlaps", False):
+    raise ValueError(f"attention {name!r} under {strategy!r}: `overlap` is for strategies whose "
+                     f"key shards travel whole (ring attention of dense and blockwise); "
+                     f"leave it None here")
 
   def attend(query, key, value, *, causal=False, kv_mask=None, **options):
     v.resolved_options(options)
     if not isinstance(causal, (bool, np.bool_)):
       raise ValueError(f"attention {name!r}: `causal` must be a Python bool, got {causal!r}")
-    return _context.shard(name, v.context[strategy], mesh, query, key, value, causal=causal,
-                          kv_mask=kv_mask, options=options)
+    return _context.shard(name, per_shard, mesh, query, key, value, causal=causal,
+                          kv_mask=kv_mask, options=options, overlap=overlap)
   return attend
 
 
@@ -209,9 +225,10 @@ def covers_every_key(name, seq_len, *, causal, options=None) -> bool:
           >= _dense.flops_per_query(seq_len, **sizes))
 
 
-def _dense_mask(q_len, k_len, *, causal=False, mask=None, alibi_slopes=None):
+def _dense_mask(q_len, k_len, *, causal=False, mask=None, alibi_slopes=None,
+                implementation=None):
   """dense's pattern; a `mask` is folded in when it is one [Lq, Lk] pattern."""
-  del alibi_slopes  # a bias hides no key
+  del alibi_slopes, implementation  # a bias hides no key; every implementation computes it
   full = masks.full_mask(q_len, k_len, causal=causal)
   if mask is None:
     return full
@@ -222,11 +239,12 @@ def _dense_mask(q_len, k_len, *, causal=False, mask=None, alibi_slopes=None):
   return full & np.broadcast_to(mask.reshape(mask.shape[-2:]), full.shape)
 
 
-def _ignoring_alibi(mask_fn):
-  """mask_fn, also taking the `alibi_slopes` option, which hides no key."""
+def _pattern_only(mask_fn):
+  """mask_fn, also taking the options that hide no key: `alibi_slopes` (a
+  bias) and `implementation` (who computes the pattern, kernels/choose.py)."""
   @functools.wraps(mask_fn)
-  def mask(q_len, k_len, *, alibi_slopes=None, **options):
-    del alibi_slopes
+  def mask(q_len, k_len, *, alibi_slopes=None, implementation=None, **options):
+    del alibi_slopes, implementation
     return mask_fn(q_len, k_len, **options)
   return mask
 
@@ -238,12 +256,12 @@ register("dense", _dense.dense, exact=True, mask=_dense_mask, cost=_dense.flops_
 register("blockwise", _blockwise.blockwise, exact=True, cost=_dense.flops_per_query,
          mask=lambda q_len, k_len, *, causal=False, **_: masks.full_mask(q_len, k_len, causal=causal),
          context={"ring": _blockwise.context_ring, "all_gather": _blockwise.context_all_gather})
-register("local", _sparse.local, exact=True, mask=_ignoring_alibi(masks.local_mask),
+register("local", _sparse.local, exact=True, mask=_pattern_only(masks.local_mask),
          cost=_sparse.local_flops_per_query,
          context={"ring": _sparse.local_context, "all_gather": _sparse.local_context})
-register("strided", _sparse.strided, exact=True, mask=masks.strided_mask,
+register("strided", _sparse.strided, exact=True, mask=_pattern_only(masks.strided_mask),
          cost=_sparse.strided_flops_per_query, context={"all_gather": _sparse.strided_context})
-register("bigbird", _sparse.bigbird, exact=True, mask=masks.bigbird_mask,
+register("bigbird", _sparse.bigbird, exact=True, mask=_pattern_only(masks.bigbird_mask),
          cost=_sparse.bigbird_flops_per_query, context={"all_gather": _sparse.bigbird_context})
 register("linear", _linear.linear, exact=False, cost=_linear.linear_flops_per_query,
          context={"ring": _linear.linear_context, "all_gather": _linear.linear_context})

@@ -19,10 +19,12 @@ import jax.numpy as jnp
 
 from attention_research.attention import common
 from attention_research.attention import context
+from attention_research.attention import kernels
 
 
 def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=None, block_k=512,
-              bwd_block_q=512, bwd_block_k=256, sequential_heads=None, alibi_slopes=None):
+              bwd_block_q=512, bwd_block_k=256, sequential_heads=None, alibi_slopes=None,
+              implementation="auto"):
   """Exact softmax attention computed block by block.
 
   Args:
@@ -54,9 +56,24 @@ def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=None, bl
       is symmetric, as in bidirectional uses of ALiBi. A constant: no gradient
       flows into it. `attention.alibi_slopes(H)` gives the paper's slopes.
 
+    implementation: "auto", "xla" (the code here), "pallas_tpu", "pallas_gpu"
+      or "cudnn": who computes the call (kernels/choose.py). The block
+      options and `sequential_heads` are the XLA code's tiling (checked
+      whoever computes); no kernel serves `alibi_slopes`.
+
   Returns:
     [B, Lq, H, D] in query's dtype; rows with no allowed key are zero.
   """
+  s = common.check_inputs("blockwise", query, key, value, kv_mask)
+  _resolve_blocks("blockwise", s, causal, block_q, block_k, bwd_block_q, bwd_block_k,
+                  sequential_heads)
+  kernel = kernels.kernel_for("blockwise", implementation, s, query.dtype, causal=causal,
+                              kv_mask=kv_mask, options=dict(alibi_slopes=alibi_slopes))
+  if kernel is not None:
+    return kernel(query, key, value, kv_mask, xla=functools.partial(
+        blockwise, causal=causal, block_q=block_q, block_k=block_k, bwd_block_q=bwd_block_q,
+        bwd_block_k=bwd_block_k, sequential_heads=sequential_heads, alibi_slopes=alibi_slopes,
+        implementation="xla"))
   return attention_with_lse(query, key, value, causal=causal, kv_mask=kv_mask,
                             block_q=block_q, block_k=block_k, bwd_block_q=bwd_block_q,
                             bwd_block_k=bwd_block_k, sequential_heads=sequential_heads,
@@ -432,10 +449,12 @@ def _backward(q, k, v, k_valid, slopes, out, lse, d_out, d_lse, dq, dk, dv, caus
 
 @context.stripes
 def context_all_gather(query, key, value, *, causal=False, kv_mask=None, axis,
-                       alibi_slopes=None, variant="blockwise", **blocks):
+                       alibi_slopes=None, variant="blockwise", implementation="auto",
+                       **blocks):
   """Exact softmax attention of this shard's queries over the whole sequence,
   gathered; causal queries are striped, so every shard does equal work.
   `blocks` are blockwise's block options. Memory O(L) keys a device."""
+  kernels.check_context_implementation(variant, implementation)
   n, i = context.size(axis), jax.lax.axis_index(axis)
   rows = query.shape[1]
   gather = lambda x: None if x is None else jax.lax.all_gather(x, axis, axis=1, tiled=True)
@@ -452,14 +471,20 @@ def context_all_gather(query, key, value, *, causal=False, kv_mask=None, axis,
 
 
 @context.stripes
-def context_ring(query, key, value, *, causal=False, kv_mask=None, axis, alibi_slopes=None,
-                 variant="blockwise", block_q=None, block_k=512, bwd_block_q=512,
-                 bwd_block_k=256, sequential_heads=None):
+@context.overlaps
+def context_ring(query, key, value, *, causal=False, kv_mask=None, axis, overlap=None,
+                 alibi_slopes=None, variant="blockwise", block_q=None, block_k=512,
+                 bwd_block_q=512, bwd_block_k=256, sequential_heads=None,
+                 implementation="auto"):
   """Ring attention (Liu et al. 2023): exact softmax attention of this shard's
   queries, the key and value shards passed around the axis one step at a
   time and merged by their log-sum-exp. Its VJP passes them around again with
   their gradients, so both passes hold O(L / n) rows a device. Causal
-  attention runs striped (see context.py)."""
+  attention runs striped (see context.py). `overlap` (None: off on CPU,
+  whose collectives are copies with nothing to hide behind; on elsewhere)
+  sends each step's keys on while computing with them, at about two
+  shard-sized arrays more a device (see `_ring`)."""
+  kernels.check_context_implementation(variant, implementation)
   s = common.check_inputs(variant, query, key, value, kv_mask)
   slopes = common.check_alibi_slopes(variant, alibi_slopes, s.heads)
   fwd_blocks, bwd_blocks, per_head = _resolve_blocks(
@@ -468,7 +493,10 @@ def context_ring(query, key, value, *, causal=False, kv_mask=None, axis, alibi_s
     query, key, value = (context.stripe(x, axis) for x in (query, key, value))
     kv_mask = None if kv_mask is None else context.stripe(kv_mask, axis)
   q, k, v, slopes = kernel_layout(query, key, value, slopes, s)
-  out = _ring(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head)
+  if overlap is None:
+    overlap = jax.default_backend() != "cpu"
+  out = _ring(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head,
+              bool(overlap))
   out = out.transpose(0, 3, 1, 2, 4).reshape(s.batch, s.q_len, s.heads, s.head_dim)
   out = out.astype(query.dtype)
   return context.unstripe(out, axis) if causal else out
@@ -486,57 +514,85 @@ def _rotate_all(xs, axis):
   return tuple(None if x is None else context.rotate(x, axis) for x in xs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
-def _ring(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head):
-  return _ring_fwd(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head)[0]
+# Two schedules of the same ring (`overlap`), one step per key shard:
+#   overlap=True   each step sends its keys and values on while it computes
+#                  with them (a fori_loop), so the transfer hides behind the
+#                  block; a device then holds the shard it computes with and
+#                  the one arriving: about eight shard-sized arrays in all.
+#   overlap=False  each step receives, then computes (unrolled, the order held
+#                  by optimization barriers: XLA's while loop would keep a
+#                  second buffer of every carried array anyway); about six,
+#                  one device's count, but the transfers add to the time.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9, 10))
+def _ring(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head, overlap):
+  return _ring_fwd(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head,
+                   overlap)[0]
 
 
-def _ring_fwd(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head):
+def _ring_fwd(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head, overlap):
   del bwd_blocks
   n, i, rows = context.size(axis), jax.lax.axis_index(axis), k.shape[2]
 
-  def block(t, k_t, v_t, mask_t, into):
+  def block(t, k_t, v_t, mask_t, into):  # step t computes with shard i - t's keys
     pos = _shard_positions(axis, i, (i - t) % n, rows, causal)
     return forward_partials(q, k_t, v_t, mask_t, slopes, pos, causal, fwd_blocks, per_head, into)
 
-  def step(t, carry):
-    k_t, v_t, mask_t = _rotate_all(carry[:3], axis)
-    return k_t, v_t, mask_t, *block(t, k_t, v_t, mask_t, carry[3:])
+  if overlap:
+    def step(t, carry):
+      k_t, v_t, mask_t, out, lse = carry
+      ahead = _rotate_all((k_t, v_t, mask_t), axis)  # needs nothing from this step's block
+      return (*ahead, *block(t, k_t, v_t, mask_t, (out, lse)))
 
-  k, v, kv_mask, out, lse = jax.lax.fori_loop(1, n, step,
-                                              (k, v, kv_mask, *block(0, k, v, kv_mask, None)))
-  # The residual keys are the shard the ring ended on, i + 1's, not this one's:
-  # a copy of this shard's kept for the backward would be a third of each.
+    # n sends, the last one spare, so the keys end at home, as the backward starts.
+    init = (k, v, kv_mask, _fresh(q.shape, 0.0, q), _fresh(q.shape[:-1], jnp.inf, q))
+    k, v, kv_mask, out, lse = jax.lax.fori_loop(0, n, step, init)
+  else:
+    out, lse = block(0, k, v, kv_mask, None)
+    for t in range(1, n):
+      k, v, kv_mask, out, lse = jax.lax.optimization_barrier((k, v, kv_mask, out, lse))
+      k, v, kv_mask = _rotate_all((k, v, kv_mask), axis)
+      out, lse = block(t, k, v, kv_mask, (out, lse))
+    # The residual keys are the shard the ring ended on, i + 1's: a copy of
+    # this device's own kept for the backward would be one array more.
   return out, (q, k, v, kv_mask, slopes, out, lse)
 
 
-def _ring_bwd(causal, axis, fwd_blocks, bwd_blocks, per_head, residuals, d_out):
+def _ring_bwd(causal, axis, fwd_blocks, bwd_blocks, per_head, overlap, residuals, d_out):
   del fwd_blocks
   q, k, v, kv_mask, slopes, out, lse = residuals
   n, i, rows = context.size(axis), jax.lax.axis_index(axis), k.shape[2]
   d_lse = jnp.zeros_like(lse)
-  first = i + 1  # the key shard the forward ended on
-  # Not before the forward has ended: XLA would move the first rotation of an
-  # unrolled loop (two shards) there, and hold its result through the forward.
+  first = i if overlap else i + 1  # the key shard the forward ended on
+  # Not before the forward has ended: XLA would move the first rotation
+  # there, and hold its result through the forward.
   k, v, kv_mask, _ = jax.lax.optimization_barrier((k, v, kv_mask, lse))
 
-  def block(t, k_t, v_t, mask_t, into):
+  def block(t, k_t, v_t, mask_t, into):  # step t: shard first - t's keys and their gradient
     pos = _shard_positions(axis, i, (first - t) % n, rows, causal)
     return backward_partials(q, k_t, v_t, mask_t, slopes, pos, out, lse, d_out, d_lse, causal,
                              bwd_blocks, per_head, into)
 
-  def step(t, carry):
-    # Each key shard travels with the gradient it has gathered so far.
-    k_t, v_t, mask_t, dk_t, dv_t = _rotate_all(carry[:5], axis)
-    dq, dk_t, dv_t = block(t, k_t, v_t, mask_t, (carry[5], dk_t, dv_t))
-    return k_t, v_t, mask_t, dk_t, dv_t, dq
+  if overlap:
+    def step(t, carry):
+      k_t, v_t, mask_t, dk_t, dv_t, dq = carry
+      ahead = _rotate_all((k_t, v_t, mask_t), axis)
+      dq, dk_t, dv_t = block(t, k_t, v_t, mask_t, (dq, dk_t, dv_t))
+      # A key shard's gradient travels with it, once this step has added to it.
+      return (*ahead, *_rotate_all((dk_t, dv_t), axis), dq)
 
-  dq, dk, dv = block(0, k, v, kv_mask, None)
-  carry = jax.lax.fori_loop(1, n, step, (k, v, kv_mask, dk, dv, dq))
-  # This device now holds shard i + 2 - n's gradient (the ring's last): it goes home.
-  dk, dv = (context.rotate(x, axis, hops=2) for x in carry[3:5])
+    zeros = (_fresh(k.shape, 0.0, lse), _fresh(v.shape, 0.0, lse), _fresh(q.shape, 0.0, lse))
+    carry = jax.lax.fori_loop(0, n, step, (k, v, kv_mask, *zeros))
+    dk, dv, dq = carry[3:]  # n sends: each gradient is home
+  else:
+    dq, dk, dv = block(0, k, v, kv_mask, None)
+    for t in range(1, n):
+      k, v, kv_mask, dk, dv, dq = jax.lax.optimization_barrier((k, v, kv_mask, dk, dv, dq))
+      k, v, kv_mask, dk, dv = _rotate_all((k, v, kv_mask, dk, dv), axis)
+      dq, dk, dv = block(t, k, v, kv_mask, (dq, dk, dv))
+    # This device holds shard i + 2 - n's gradient (the ring's last): it goes home.
+    dk, dv = (context.rotate(x, axis, hops=2) for x in (dk, dv))
   d_slopes = None if slopes is None else jnp.zeros_like(slopes)
-  return carry[5].astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, d_slopes
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, d_slopes
 
 
 _ring.defvjp(_ring_fwd, _ring_bwd)

@@ -128,6 +128,13 @@ def unpadded(fn):
   return fn
 
 
+def overlaps(fn):
+  """Marks a per-shard function whose key shards travel whole (ring attention):
+  it takes `overlap`, sending each step's keys on while it computes with them."""
+  fn.overlaps = True
+  return fn
+
+
 def padded_length(name, fn, length, n, causal):
   """The length `shard` pads the sequence to; ValueError where `fn` may not be padded."""
   padded = common.round_up(length, n * n if causal and getattr(fn, "stripes", False) else n)
@@ -137,13 +144,14 @@ def padded_length(name, fn, length, n, causal):
   return padded
 
 
-def shard(name, fn, mesh, query, key, value, *, causal, kv_mask, options):
+def shard(name, fn, mesh, query, key, value, *, causal, kv_mask, options, overlap=None):
   """fn's attention over the whole sequence, each shard of the context axis
   computing its own queries' rows (see the module docstring).
 
   `fn` is the variant's per-shard function: fn(query, key, value, *, causal,
-  kv_mask, axis, **options) on one shard's rows. Returns [B, L, H, D] in the
-  query's dtype, as the variant itself would.
+  kv_mask, axis, **options) on one shard's rows (and `overlap`, where it
+  `overlaps`). Returns [B, L, H, D] in the query's dtype, as the variant
+  itself would.
   """
   check_mesh(mesh)
   s = common.check_inputs(name, query, key, value, kv_mask)
@@ -186,6 +194,8 @@ def shard(name, fn, mesh, query, key, value, *, causal, kv_mask, options):
     rest = list(rest)
     mask = rest.pop(0) if kv_mask is not None else None
     extra = {} if slopes is None else {"alibi_slopes": rest.pop(0)}
+    if overlap is not None:
+      extra["overlap"] = overlap
     return fn(q, k, v, causal=causal, kv_mask=mask, axis=AXIS, **extra, **options)
 
   out = jax.shard_map(per_shard, mesh=mesh, in_specs=tuple(specs), out_specs=rows,

@@ -1,15 +1,20 @@
 """Dense softmax attention (Vaswani et al. 2017): the reference every exact
 variant is measured against. O(Lq * Lk) time and memory. Optionally with the
-ALiBi bias of Press et al. 2022 ("Train Short, Test Long").
+ALiBi bias of Press et al. 2022 ("Train Short, Test Long"). `implementation`
+hands a call to a vendor kernel (kernels/choose.py).
 """
+
+import functools
 
 import jax.numpy as jnp
 
 from attention_research.attention import blockwise
 from attention_research.attention import common
+from attention_research.attention import kernels
 
 
-def dense(query, key, value, *, causal=False, kv_mask=None, mask=None, alibi_slopes=None):
+def dense(query, key, value, *, causal=False, kv_mask=None, mask=None, alibi_slopes=None,
+          implementation="auto"):
   """softmax(q k^T / sqrt(D) + bias) v with float32 logits and accumulation.
 
   Args:
@@ -26,22 +31,33 @@ def dense(query, key, value, *, causal=False, kv_mask=None, mask=None, alibi_slo
       `causal` that is the paper's -slope * (i - j); without it the distance
       is symmetric, as in bidirectional uses of ALiBi. A constant: no gradient
       flows into it. `attention.alibi_slopes(H)` gives the paper's slopes.
+    implementation: "auto", "xla" (the code below), "pallas_tpu",
+      "pallas_gpu" or "cudnn": who computes the call (kernels/choose.py).
+      Splash (pallas_tpu) serves a `mask` only as a concrete NumPy pattern
+      [Lq, Lk] or [H, Lq, Lk]; no kernel serves `alibi_slopes`.
 
   Returns:
     [B, Lq, H, D] in query's dtype; rows with no allowed key are zero.
   """
   s = common.check_inputs("dense", query, key, value, kv_mask)
   slopes = common.check_alibi_slopes("dense", alibi_slopes, s.heads)
+  if mask is not None:
+    full = (s.batch, s.heads, s.q_len, s.k_len)
+    checked = jnp.asarray(mask)  # `mask` itself goes to the kernel: splash needs it concrete
+    if checked.ndim > 4 or any(m not in (1, f) for m, f in zip(checked.shape[::-1], full[::-1])):
+      raise ValueError(
+          f"dense: `mask` of shape {checked.shape} does not broadcast to "
+          f"[batch, heads, q_len, k_len] = {full}")
+    if checked.dtype != jnp.bool_:
+      raise ValueError(f"dense: `mask` must be bool (True = attend), got {checked.dtype}")
+  kernel = kernels.kernel_for("dense", implementation, s, query.dtype, causal=causal,
+                              kv_mask=kv_mask, options=dict(mask=mask, alibi_slopes=alibi_slopes))
+  if kernel is not None:
+    return kernel(query, key, value, kv_mask, xla=functools.partial(
+        dense, causal=causal, mask=mask, alibi_slopes=alibi_slopes, implementation="xla"))
   allowed = jnp.ones((1, 1, 1, 1), bool)  # [B, H, Lq, Lk] after broadcasting
   if mask is not None:
     mask = jnp.asarray(mask)
-    full = (s.batch, s.heads, s.q_len, s.k_len)
-    if mask.ndim > 4 or any(m not in (1, f) for m, f in zip(mask.shape[::-1], full[::-1])):
-      raise ValueError(
-          f"dense: `mask` of shape {jnp.shape(mask)} does not broadcast to "
-          f"[batch, heads, q_len, k_len] = {full}")
-    if mask.dtype != jnp.bool_:
-      raise ValueError(f"dense: `mask` must be bool (True = attend), got {mask.dtype}")
     allowed = allowed & mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
   if causal:
     allowed = allowed & jnp.tril(jnp.ones((s.q_len, s.k_len), bool))
@@ -77,11 +93,13 @@ def _without_mask(strategy):
   same softmax, so dense under context parallelism is blockwise's ring or
   gather. A `mask` is [Lq, Lk], which no shard holds."""
   def per_shard(query, key, value, *, mask=None, **kwargs):
+    # `implementation` goes on to the strategy, which refuses the kernels.
     if mask is not None:
       raise ValueError("dense: `mask` is not supported under context parallelism (no shard "
                        "holds the [Lq, Lk] pattern); use causal, kv_mask or a sparse variant")
     return strategy(query, key, value, variant="dense", **kwargs)
   per_shard.stripes = strategy.stripes
+  per_shard.overlaps = getattr(strategy, "overlaps", False)
   return per_shard
 
 

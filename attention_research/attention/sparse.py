@@ -10,7 +10,12 @@ Each is exact: it equals `dense(q, k, v, mask=<variant>_mask(...))` from
 each query block gathers the few key blocks its pattern can reach (a static
 table built from the shapes), and the pattern predicate masks the tokens
 inside them, so time and memory grow with L x (keys per row).
+
+`implementation` hands a call to a vendor kernel (kernels/choose.py): splash
+attention on TPU serves all three, cuDNN causal `local`.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +25,7 @@ from attention_research.attention import blockwise as blockwise_lib
 from attention_research.attention import common
 from attention_research.attention import context
 from attention_research.attention import dense as dense_lib
+from attention_research.attention import kernels
 from attention_research.attention import masks
 
 
@@ -99,7 +105,7 @@ def _default_block(reach):
 
 
 def local(query, key, value, *, causal=False, kv_mask=None, window=128, block_size=None,
-          alibi_slopes=None, rows_per_step=1024):
+          alibi_slopes=None, rows_per_step=1024, implementation="auto"):
   """Exact sliding-window attention: query i sees key j iff |i - j| <= window
   (causal: 0 <= i - j <= window).
 
@@ -121,17 +127,29 @@ def local(query, key, value, *, causal=False, kv_mask=None, window=128, block_si
       recomputed in the backward pass, so a step's logits stay in cache
       instead of the whole sequence's going to memory and back
       (docs/benchmarks/README.md, local). None: all rows in one step.
+    implementation: "auto", "xla" (the code here), "pallas_tpu" (splash's
+      LocalMask), "pallas_gpu" (refused: no window) or "cudnn" (causal
+      only): who computes the call (kernels/choose.py). block_size and
+      rows_per_step are the XLA code's tiling (checked whoever computes); no
+      kernel serves `alibi_slopes`.
   """
   s = common.check_inputs("local", query, key, value, kv_mask)
   slopes = common.check_alibi_slopes("local", alibi_slopes, s.heads)
   window = common.non_negative_int("local", "window", window)
   block = _default_block(window) if block_size is None else common.positive_int(
       "local", "block_size", block_size)
+  if rows_per_step is not None:
+    rows_per_step = common.positive_int("local", "rows_per_step", rows_per_step)
+  kernel = kernels.kernel_for("local", implementation, s, query.dtype, causal=causal,
+                              kv_mask=kv_mask,
+                              options=dict(window=window, alibi_slopes=alibi_slopes))
+  if kernel is not None:
+    return kernel(query, key, value, kv_mask, xla=functools.partial(
+        local, causal=causal, window=window, block_size=block_size, alibi_slopes=alibi_slopes,
+        rows_per_step=rows_per_step, implementation="xla"))
   nq, nk = -(-s.q_len // block), -(-s.k_len // block)
   reach = -(-window // block)
   allowed = lambda i, j: masks.local_allowed(i, j, window=window, causal=causal)
-  if rows_per_step is not None:
-    rows_per_step = common.positive_int("local", "rows_per_step", rows_per_step)
   per_step = nq if rows_per_step is None else max(1, rows_per_step // block)
   if nq <= per_step:
     table = _band_table(nq, nk, reach, causal)
@@ -143,12 +161,13 @@ def local(query, key, value, *, causal=False, kv_mask=None, window=128, block_si
 
 
 def local_context(query, key, value, *, causal=False, kv_mask=None, axis, window=128,
-                  block_size=None, alibi_slopes=None, rows_per_step=1024):
+                  block_size=None, alibi_slopes=None, rows_per_step=1024, implementation="auto"):
   """`local` on one shard of the sequence (context.py), under either strategy:
   the shard fetches only the keys its window reaches from the shards beside it
   (a halo of `window` rounded up to whole blocks on each side, one side when
   causal), never the whole ring. Its queries then run as `local`'s do, in
   steps of at most `rows_per_step` rows, each rematerialised."""
+  kernels.check_context_implementation("local", implementation)
   s = common.check_inputs("local", query, key, value, kv_mask)
   slopes = common.check_alibi_slopes("local", alibi_slopes, s.heads)
   window = common.non_negative_int("local", "window", window)
@@ -246,7 +265,7 @@ def local_flops_per_query(seq_len, *, heads, kv_heads, head_dim, causal, window,
   return common.softmax_flops_per_query(keys, seq_len, heads, head_dim)
 
 
-def strided(query, key, value, *, causal=False, kv_mask=None, stride=128):
+def strided(query, key, value, *, causal=False, kv_mask=None, stride=128, implementation="auto"):
   """Exact Sparse Transformer strided attention (see `masks.strided_allowed`).
 
   The pattern splits into a band (0 < |i - j| < stride) and, for each residue
@@ -257,9 +276,17 @@ def strided(query, key, value, *, causal=False, kv_mask=None, stride=128):
 
   Args:
     stride: the band width and the column spacing (>= 1).
+    implementation: "auto", "xla" (the code here) or "pallas_tpu" (splash,
+      skipping the key blocks the pattern leaves empty); the GPU kernels
+      have no such pattern (kernels/choose.py).
   """
   s = common.check_inputs("strided", query, key, value, kv_mask)
   stride = common.positive_int("strided", "stride", stride)
+  kernel = kernels.kernel_for("strided", implementation, s, query.dtype, causal=causal,
+                              kv_mask=kv_mask, options=dict(stride=stride))
+  if kernel is not None:
+    return kernel(query, key, value, kv_mask, xla=functools.partial(
+        strided, causal=causal, stride=stride, implementation="xla"))
 
   band_partials = None
   if stride > 1:
@@ -315,10 +342,12 @@ def _check_whole_shards(variant, rows, multiple, option):
                      f"allowed: a sequence length that is a multiple of mesh.context x {multiple}")
 
 
-def strided_context(query, key, value, *, causal=False, kv_mask=None, axis, stride=128):
+def strided_context(query, key, value, *, causal=False, kv_mask=None, axis, stride=128,
+                    implementation="auto"):
   """`strided` on one shard of the sequence, all_gather only: the keys are
   gathered, the band is cut from them around the shard, and the residue
   classes start at the shard's first row (shards hold whole strides)."""
+  kernels.check_context_implementation("strided", implementation)
   s = common.check_inputs("strided", query, key, value, kv_mask)
   stride = common.positive_int("strided", "stride", stride)
   rows = s.q_len
@@ -364,7 +393,8 @@ def strided_flops_per_query(seq_len, *, heads, kv_heads, head_dim, causal, strid
 
 
 def bigbird(query, key, value, *, causal=False, kv_mask=None, block_size=64,
-            num_window_blocks=3, num_global_blocks=2, num_random_blocks=3, seed=0):
+            num_window_blocks=3, num_global_blocks=2, num_random_blocks=3, seed=0,
+            implementation="auto"):
   """Exact BigBird block-sparse attention (Zaheer et al. 2020, BigBird-ITC).
 
   Key blocks per query block are listed by `masks.bigbird_key_blocks`; the
@@ -378,10 +408,21 @@ def bigbird(query, key, value, *, causal=False, kv_mask=None, block_size=64,
     num_global_blocks: the first blocks, which see and are seen by all.
     num_random_blocks: random key blocks per (non-global) query block.
     seed: seeds the random block choice (a NumPy generator, at trace time).
+    implementation: "auto", "xla" (the code here) or "pallas_tpu" (splash,
+      with the same block table); the GPU kernels have no such pattern
+      (kernels/choose.py).
   """
   s = common.check_inputs("bigbird", query, key, value, kv_mask)
   masks.check_bigbird_options(block_size, num_window_blocks, num_global_blocks,
                               num_random_blocks, seed)
+  pattern = dict(block_size=block_size, num_window_blocks=num_window_blocks,
+                 num_global_blocks=num_global_blocks, num_random_blocks=num_random_blocks,
+                 seed=seed)
+  kernel = kernels.kernel_for("bigbird", implementation, s, query.dtype, causal=causal,
+                              kv_mask=kv_mask, options=pattern)
+  if kernel is not None:
+    return kernel(query, key, value, kv_mask, xla=functools.partial(
+        bigbird, causal=causal, implementation="xla", **pattern))
   nq, nk = -(-s.q_len // block_size), -(-s.k_len // block_size)
   table = masks.bigbird_key_blocks(nq, nk, num_window_blocks=num_window_blocks,
                                    num_global_blocks=num_global_blocks,
@@ -414,13 +455,15 @@ def bigbird_flops_per_query(seq_len, *, heads, kv_heads, head_dim, causal, block
 
 @context.unpadded
 def bigbird_context(query, key, value, *, causal=False, kv_mask=None, axis, block_size=64,
-                    num_window_blocks=3, num_global_blocks=2, num_random_blocks=3, seed=0):
+                    num_window_blocks=3, num_global_blocks=2, num_random_blocks=3, seed=0,
+                    implementation="auto"):
   """`bigbird` on one shard of the sequence, all_gather only: the keys are
   gathered, and the shard's query blocks take their rows of the same block
   table as on one device (shards hold whole blocks). Every shard computes its
   first rows as global rows too (blockwise, at their positions) and keeps them
   where they are global: the shard that holds them is then no slower than
   the rest."""
+  kernels.check_context_implementation("bigbird", implementation)
   s = common.check_inputs("bigbird", query, key, value, kv_mask)
   masks.check_bigbird_options(block_size, num_window_blocks, num_global_blocks,
                               num_random_blocks, seed)

@@ -2,6 +2,7 @@
 the train state, from XLA's compiled memory analysis (no timing claims on simulated devices).
 
     point = scale.context_point("blockwise", "ring", devices=4, length=4096, shapes=Shapes())
+    point = scale.context_point("blockwise", "ring+overlap", 4, 4096, Shapes())
     longest = scale.longest_length("blockwise", "ring", 4, budget_bytes=2**30, shapes=Shapes())
     rows = scale.state_bytes(config, [dict(data=8), dict(fsdp=8)])
 
@@ -42,9 +43,14 @@ def _mesh(devices):
 
 
 def _compiled(name, strategy, devices, length, shapes):
-  """The jitted forward+backward of `name` split `devices` ways, compiled."""
+  """The jitted forward+backward of `name` split `devices` ways, compiled. A strategy
+  "ring+overlap" is the ring with `overlap=True`, "ring+serial" with False."""
   mesh = _mesh(devices)
-  fn = attention.context_parallel(name, mesh, strategy)
+  strategy, _, schedule = strategy.partition("+")
+  if schedule not in ("", "overlap", "serial"):
+    raise ValueError(f"strategy {strategy}+{schedule}: the schedules are +overlap and +serial")
+  overlap = {"": None, "overlap": True, "serial": False}[schedule]
+  fn = attention.context_parallel(name, mesh, strategy, overlap=overlap)
   options = dict(dict(shapes.options).get(name, {}))
 
   def loss(q, k, v):

@@ -1,0 +1,9 @@
+"""Vendor attention kernels behind the exact variants' functions, chosen by
+their `implementation` option (choose.py): Pallas splash attention on TPU
+(splash.py), cuDNN (cudnn.py) and the Pallas GPU kernel (pallas_gpu.py) on
+GPU, the variants' own XLA code elsewhere."""
+
+from attention_research.attention.kernels.choose import check_context_implementation
+from attention_research.attention.kernels.choose import check_implementation
+from attention_research.attention.kernels.choose import IMPLEMENTATIONS
+from attention_research.attention.kernels.choose import kernel_for
