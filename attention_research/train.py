@@ -60,11 +60,36 @@ MODELS_FOR_KIND = {"classification": ("classifier",), "lm": ("decoder",)}
 # what is trained.
 RESUMABLE_CHANGES = ("total_steps", "log_every", "eval_every", "checkpoint_every",
                      "keep_checkpoints", "num_eval_batches", "data_dir", "scale", "mesh",
-                     "context_parallel")
+                     "context_parallel", "profile_steps")
 CONTEXT_PARALLEL = ("ring", "all_gather")
 
 
 def validate_config(config, num_devices):
+def profile_window(config):
+  """(first, last) train steps to trace from config.profile_steps "a,b", or None."""
+  text = config.get("profile_steps")
+  if text is None:
+    return None
+  parts = str(text).split(",")
+  try:
+    first, last = (int(part) for part in parts)
+  except ValueError:
+    first = last = None
+  if first is None or not 1 <= first <= last <= config.total_steps:
+    raise ValueError(f"config.profile_steps={text!r}: allowed: 'a,b', two train steps with "
+                     f"1 <= a <= b <= total_steps={config.total_steps}")
+  return first, last
+
+
+def _stop_profile(state, workdir, window):
+  """Ends the trace once the traced steps' device work is done; False (not profiling)."""
+  jax.block_until_ready(state)
+  jax.profiler.stop_trace()
+  logging.info("wrote the XProf trace of steps %d to %d under %s/plugins/profile", *window,
+               workdir)
+  return False
+
+
   """Every config error as a ValueError naming the field, before any compile.
 
   Returns the models' resolved `Settings`.
@@ -86,6 +111,7 @@ def validate_config(config, num_devices):
     raise ValueError(f"config.model={config.model!r} cannot train on task {config.task!r} "
                      f"({kind}); allowed: {list(allowed_models)}")
   if config.schedule not in SCHEDULES:
+  profile_window(config)
     raise ValueError(f"config.schedule: unknown schedule {config.schedule!r}; "
                      f"allowed: {list(SCHEDULES)}")
   for field in ("total_steps", "batch_size", "eval_every", "checkpoint_every", "log_every",
@@ -500,9 +526,18 @@ def _train(config, settings, workdir, start_time, result, life):
   tokens_per_step = example["inputs"].size // len(example["example_mask"]) * config.batch_size
   speeds = []   # steps/s of each log window, for the result's median
   last_log_time, last_log_step = time.time(), first_step
+  # Every process traces its own host's devices; a resumed run traces what is
+  # left of the window.
+  profile = profile_window(config)
+  profiling = False
   diverged_step = None
+    if profile and step == max(profile[0], first_step + 1) and step <= profile[1]:
+      jax.profiler.start_trace(workdir)
+      profiling = True
   # A signal noted while preparing stops before the first step: the newest
   # checkpoint already holds this one.
+    if profiling and step == profile[1]:
+      profiling = _stop_profile(state, workdir, profile)
   preempted_step = first_step if preemption.requested(synced=True, step=first_step) else None
   last_step = config.total_steps if preempted_step is None else first_step
   life["training"] = True
@@ -551,6 +586,8 @@ def _train(config, settings, workdir, start_time, result, life):
     if checkpoint_due or preempted:
       save_checkpoint(step, pending)
       last_log_time = time.time()
+  if profiling:  # the loop ended inside the window (pre-empted, diverged)
+    _stop_profile(state, workdir, profile)
     if preempted:
       preempted_step = step
       logging.warning("pre-empted: stopped after the checkpoint of step %d; run the same "

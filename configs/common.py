@@ -133,4 +133,7 @@ def base_config():
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.num_eval_batches = config_dict.placeholder(int)  # None: the whole eval split
+  # "a,b": an XProf trace of train steps a to b in the workdir (TensorBoard's
+  # profile plugin reads it); None: no trace.
+  c.profile_steps = config_dict.placeholder(str)
   return c

@@ -2,6 +2,9 @@
 
     python -m experiments.train --config=configs/tasks/mqar.py:scale=cpu --workdir=/tmp/mqar
 
+`--profile_steps=a,b` writes an XProf trace of train steps a to b into
+--workdir, for TensorBoard's profile tab (`tensorboard --logdir=WORKDIR`).
+
 Run it from the repository root. Any config field can be overridden, nested
 options one by one: `--config.attention=local --config.attention_options.window=8
 --config.total_steps=200`. Running the same command again resumes from the
@@ -30,6 +33,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, met
 _CACHE = flags.DEFINE_string("jax_cache_dir", "~/.cache/attention_research/jax",
                              "Persistent compilation cache ('' turns it off).")
 _DISTRIBUTED = cli.define_distributed_flags("each training its part of the run")
+_PROFILE = flags.DEFINE_string("profile_steps", None,
+                               "'a,b': an XProf trace of train steps a to b in --workdir "
+                               "(TensorBoard's profile tab); sets config.profile_steps.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -38,6 +44,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.setup(_CACHE.value, _DISTRIBUTED)
   config = cli.checked_config(_CONFIG)
+  if _PROFILE.value is not None:
+    config.profile_steps = _PROFILE.value
   try:  # a config mistake, or a workdir of another config's run: one line, nothing written
     train.validate_config(config, len(jax.devices()))
     train.check_workdir(config, _WORKDIR.value)

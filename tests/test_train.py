@@ -165,6 +165,10 @@ def test_a_crash_is_recorded_as_failed(tmp_path):
     ("learning_rate", -1.0, "config.learning_rate"),
     ("num_eval_batches", 0, "config.num_eval_batches"),
     ("max_len", 20, "config.max_len=20 is shorter than task 'mqar''s examples .*integer >= 24"),
+    ("profile_steps", "3", "config.profile_steps='3': allowed: 'a,b', two train steps with "
+                           "1 <= a <= b <= total_steps=40"),
+    ("profile_steps", "5,2", "config.profile_steps='5,2'"),
+    ("profile_steps", "1,41", "config.profile_steps='1,41'"),
 ])
 def test_bad_trainer_fields_are_named_before_compiling(tmp_path, field, value, message):
   c = tiny_config(tmp_path / "data")
@@ -326,3 +330,11 @@ def test_eight_devices_give_the_losses_of_one(tmp_path):
             for name in ("one", "eight")]
   np.testing.assert_allclose(losses[0], losses[1], rtol=2e-5)
   np.testing.assert_allclose(one["final_eval"]["loss"], eight["final_eval"]["loss"], rtol=2e-5)
+
+
+def test_profile_steps_writes_an_xprof_trace_of_those_steps(tmp_path):
+  workdir, data_dir = tmp_path / "run", tmp_path / "data"
+  result = run_to_end(workdir, data_dir, "--profile_steps=3,4", "--config.total_steps=6")
+  assert result["status"] == "completed"
+  traces = list((workdir / "plugins" / "profile").glob("*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0, traces

@@ -70,7 +70,7 @@ MAX_DEATHS = 2
 PREEMPTED = "preempted"
 # Fields a finished trial's config may differ in and still count as done.
 BOOKKEEPING = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "data_dir",
-               "mesh", "context_parallel")
+               "mesh", "context_parallel", "profile_steps")
 CLAIM = "claim.json"
 # The claims' timing (see claims.py), here too as part of the runner's API.
 HEARTBEAT_S = claims.HEARTBEAT_S
