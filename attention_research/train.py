@@ -64,7 +64,6 @@ RESUMABLE_CHANGES = ("total_steps", "log_every", "eval_every", "checkpoint_every
 CONTEXT_PARALLEL = ("ring", "all_gather")
 
 
-def validate_config(config, num_devices):
 def profile_window(config):
   """(first, last) train steps to trace from config.profile_steps "a,b", or None."""
   text = config.get("profile_steps")
@@ -90,6 +89,7 @@ def _stop_profile(state, workdir, window):
   return False
 
 
+def validate_config(config, num_devices):
   """Every config error as a ValueError naming the field, before any compile.
 
   Returns the models' resolved `Settings`.
@@ -110,8 +110,8 @@ def _stop_profile(state, workdir, window):
   if config.model not in allowed_models:
     raise ValueError(f"config.model={config.model!r} cannot train on task {config.task!r} "
                      f"({kind}); allowed: {list(allowed_models)}")
-  if config.schedule not in SCHEDULES:
   profile_window(config)
+  if config.schedule not in SCHEDULES:
     raise ValueError(f"config.schedule: unknown schedule {config.schedule!r}; "
                      f"allowed: {list(SCHEDULES)}")
   for field in ("total_steps", "batch_size", "eval_every", "checkpoint_every", "log_every",
@@ -526,25 +526,25 @@ def _train(config, settings, workdir, start_time, result, life):
   tokens_per_step = example["inputs"].size // len(example["example_mask"]) * config.batch_size
   speeds = []   # steps/s of each log window, for the result's median
   last_log_time, last_log_step = time.time(), first_step
-  # Every process traces its own host's devices; a resumed run traces what is
-  # left of the window.
-  profile = profile_window(config)
-  profiling = False
   diverged_step = None
-    if profile and step == max(profile[0], first_step + 1) and step <= profile[1]:
-      jax.profiler.start_trace(workdir)
-      profiling = True
   # A signal noted while preparing stops before the first step: the newest
   # checkpoint already holds this one.
-    if profiling and step == profile[1]:
-      profiling = _stop_profile(state, workdir, profile)
   preempted_step = first_step if preemption.requested(synced=True, step=first_step) else None
   last_step = config.total_steps if preempted_step is None else first_step
   life["training"] = True
   logging.info("training from step %d to %d", first_step, last_step)
+  # Every process traces its own host's devices; a resumed run traces what is
+  # left of the window.
+  profile = profile_window(config)
+  profiling = False
   for step in range(first_step + 1, last_step + 1):
+    if profile and step == max(profile[0], first_step + 1) and step <= profile[1]:
+      jax.profiler.start_trace(workdir)
+      profiling = True
     state, metrics = train_step(state, to_global(next(train_iter)))
     pending.append(metrics)
+    if profiling and step == profile[1]:
+      profiling = _stop_profile(state, workdir, profile)
 
     checkpoint_due = step % config.checkpoint_every == 0 or step == config.total_steps
     log_due = step % config.log_every == 0 or checkpoint_due
@@ -586,8 +586,6 @@ def _train(config, settings, workdir, start_time, result, life):
     if checkpoint_due or preempted:
       save_checkpoint(step, pending)
       last_log_time = time.time()
-  if profiling:  # the loop ended inside the window (pre-empted, diverged)
-    _stop_profile(state, workdir, profile)
     if preempted:
       preempted_step = step
       logging.warning("pre-empted: stopped after the checkpoint of step %d; run the same "
@@ -595,6 +593,8 @@ def _train(config, settings, workdir, start_time, result, life):
       break
 
   # ----------------------------------------------------------------- final
+  if profiling:  # the loop ended inside the window (pre-empted, diverged)
+    _stop_profile(state, workdir, profile)
   wall_time = previous_wall_time + time.time() - start_time
   # Every logged window of the run, earlier lives' too (a resumed or rerun run
   # keeps its numbers); the first window of each life includes its warm-up,
