@@ -26,6 +26,7 @@ from absl import logging
 
 from attention_research import attention
 from attention_research import benchmark
+from attention_research.attention import kernels
 from attention_research.benchmark import host_malloc
 from attention_research.benchmark import measure
 
@@ -34,7 +35,8 @@ from attention_research.benchmark import measure
 BENCHMARK_DEFAULTS = {"local": {"window": 256}}  # the issue's target window
 
 flags.DEFINE_list("variants", None,
-                  f"Registered attention variants (default: all of {attention.names()}). "
+                  f"Registered attention variants (default: all of {attention.names()}), or "
+                  "variant@implementation (e.g. blockwise@cudnn) to time one kernel. "
                   f"`baseline` names {benchmark.BASELINE}, which is always included unless "
                   "--nobaseline.")
 flags.DEFINE_bool("baseline", True,
@@ -113,22 +115,40 @@ def parse_options(strings) -> dict:
 
 
 def benchmark_options(variants, overrides) -> dict:
-  """Per-variant options: BENCHMARK_DEFAULTS, then the --option overrides."""
-  unused = sorted(set(overrides) - set(variants))
+  """Per-row options: BENCHMARK_DEFAULTS, then the --option overrides of the row's
+  variant (--option=local.window=512 sets local's and local@pallas_tpu's), then
+  the row's implementation."""
+  unused = sorted(set(overrides) - {measure.registered(name) for name in variants})
   if unused:
     raise ValueError(f"--option sets options of {unused}, which are not in --variants {list(variants)}")
-  return {name: {**BENCHMARK_DEFAULTS.get(name, {}), **overrides.get(name, {})} for name in variants}
+  options = {}
+  for name in variants:
+    base, _, implementation = name.partition("@")
+    options[name] = {**BENCHMARK_DEFAULTS.get(base, {}), **overrides.get(base, {})}
+    if implementation:
+      options[name]["implementation"] = implementation
+  return options
 
 
 def parse_variants(names, baseline_flag):
-  """--variants -> (registered names, whether to time the baseline)."""
+  """--variants -> (row names, whether to time the baseline). A row is a registered
+  variant, or variant@implementation: that variant run by one kernel."""
   names = attention.names() if names is None else names
   baseline_named = any(n in ("baseline", benchmark.BASELINE) for n in names)
   if baseline_named and not baseline_flag:
     raise ValueError("--variants names the baseline but --nobaseline drops it")
   variants = [n for n in dict.fromkeys(names) if n not in ("baseline", benchmark.BASELINE)]
   for name in variants:
-    attention.variant(name)  # ValueError naming the registered variants
+    base, at, implementation = name.partition("@")
+    v = attention.variant(base)  # ValueError naming the registered variants
+    if at and "implementation" not in v.options:
+      with_kernels = [n for n in attention.names()
+                      if "implementation" in attention.variant(n).options]
+      raise ValueError(f"--variants={name}: attention {base!r} has no vendor kernels; those "
+                       f"that have: {with_kernels}")
+    if at and implementation not in kernels.IMPLEMENTATIONS:
+      raise ValueError(f"--variants={name}: unknown implementation {implementation!r}; "
+                       f"allowed: {list(kernels.IMPLEMENTATIONS)}")
   if not variants and not baseline_flag:
     raise ValueError("--variants is empty and --nobaseline: nothing to benchmark")
   return tuple(variants), baseline_flag

@@ -100,6 +100,11 @@ def test_option_for_a_variant_not_benchmarked_is_an_error():
     (["--variants=dense,baseline", "--nobaseline"], "--nobaseline"),
     (["--min_timing_seconds=-1"], "--min_timing_seconds must be >= 0"),
     (["--rounds=0"], "--rounds must be >= 1, got 0"),
+    (["--variants=linear@cudnn"], r"--variants=linear@cudnn: attention 'linear' has no vendor "
+                                  r"kernels; those that have: \['dense', 'blockwise'"),
+    (["--variants=dense@triton"], r"--variants=dense@triton: unknown implementation 'triton'; "
+                                  r"allowed: \['auto', 'xla', 'pallas_tpu', 'pallas_gpu', "
+                                  r"'cudnn'\]"),
 ])
 def test_bad_flags_are_usage_errors(args, match):
   with flagsaver.flagsaver():
@@ -317,3 +322,22 @@ def test_a_program_too_big_to_compile_is_skipped_and_other_errors_are_not(
   monkeypatch.setattr(measure, "compile_timed", failing("INTERNAL: something else"))
   with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
     measure.run(tiny_setup())
+
+
+def test_a_row_per_kernel_times_the_variant_run_by_it(tmp_path, capsys):
+  # blockwise run by the Pallas GPU kernel (interpret mode here) beside its own XLA code,
+  # with local's --option reaching local@xla: one row each, the same FLOPs.
+  with flagsaver.flagsaver():
+    flags.FLAGS(["benchmark_attention", *TINY, "--variants=blockwise@xla,blockwise@pallas_gpu,"
+                 "local@xla", "--option=local.window=8", "--lengths=128"])
+    setup = binary.setup_from_flags(flags.FLAGS)
+  assert setup.options == {"blockwise@xla": {"implementation": "xla"},
+                           "blockwise@pallas_gpu": {"implementation": "pallas_gpu"},
+                           "local@xla": {"window": 8, "implementation": "xla"}}
+  run_binary(capsys, "--variants=blockwise@xla,blockwise@pallas_gpu", "--lengths=128",
+             "--nobaseline", f"--out_dir={tmp_path}")
+  rows = {r["variant"]: r for r in read_csv(tmp_path / "benchmark.csv")}
+  assert set(rows) == {"blockwise@xla", "blockwise@pallas_gpu"}
+  for r in rows.values():  # both compute dense attention's FLOPs, whoever runs them
+    assert r["note"] == "" and float(r["fwd_bwd_ms"]) > 0
+    assert float(r["gflops_fwd_own"]) == pytest.approx(float(r["gflops_fwd_dense_equivalent"]))

@@ -121,17 +121,23 @@ def dense_equivalent_flops(batch, heads, q_len, k_len, head_dim, causal) -> floa
   return flops / 2 if causal else flops
 
 
+def registered(name) -> str:
+  """The registered variant of a row: "blockwise@cudnn" is blockwise run by
+  cuDNN (its `implementation` option), so one run can time each kernel."""
+  return name.partition("@")[0]
+
+
 def variant_options(name, s: BenchmarkSetup) -> dict:
-  """Every option of variant `name`: the registry's defaults, then the setup's."""
-  return attention.variant(name).resolved_options(s.options.get(name))
+  """Every option of row `name`: its variant's defaults, then the setup's."""
+  return attention.variant(registered(name)).resolved_options(s.options.get(name))
 
 
 def own_flops(name, s: BenchmarkSetup, length) -> float:
   """Forward FLOPs of `name`'s own computation at `length`, from the registry's
   cost; the baseline computes dense attention, so it costs dense's."""
-  registered = "dense" if name == BASELINE else name
+  variant = "dense" if name == BASELINE else registered(name)
   options = {} if name == BASELINE else s.options.get(name)
-  return s.batch * length * attention.variant(registered).flops_per_query(
+  return s.batch * length * attention.variant(variant).flops_per_query(
       length, heads=s.heads, kv_heads=s.kv_heads, head_dim=s.head_dim, causal=s.causal,
       options=options)
 
@@ -144,7 +150,7 @@ def attention_fn(name, s: BenchmarkSetup):
   """(q, k, v) -> out for a variant (or the baseline) with its benchmark options."""
   if name == BASELINE:
     return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=s.causal)
-  fn, options = attention.get(name), variant_options(name, s)
+  fn, options = attention.get(registered(name)), variant_options(name, s)
   return lambda q, k, v: fn(q, k, v, causal=s.causal, **options)
 
 
