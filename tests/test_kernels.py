@@ -14,6 +14,10 @@ explicit kernel and the XLA code, logged once, for "auto".
 
 import functools
 import logging
+import os
+import subprocess
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +25,7 @@ import numpy as np
 import pytest
 
 from attention_research import attention
+from attention_research import sharding
 from attention_research.attention import common
 from attention_research.attention import kernels
 from attention_research.attention.kernels import choose
@@ -29,6 +34,7 @@ from attention_research.attention.kernels import empty_rows
 from attention_research.attention.kernels import pallas_gpu
 from attention_research.attention.kernels import splash
 from tests import reference
+from tests.test_train import ROOT
 
 EXACT = ["dense", "blockwise", "local", "strided", "bigbird"]
 BIGBIRD = dict(block_size=16, num_window_blocks=3, num_global_blocks=1, num_random_blocks=2,
@@ -319,3 +325,64 @@ def test_rows_with_a_key_match_the_patterns(causal, window):
     want = (pattern[None] & kv_mask[:, None]).any(-1)
     got = empty_rows.has_key(jnp.asarray(kv_mask), q_len, causal=causal, window=window)
     np.testing.assert_array_equal(got, want)
+
+
+PER_DEVICE_SCRIPT = """
+import logging, sys
+import jax, jax.numpy as jnp, numpy as np
+from attention_research import attention, sharding
+logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+mesh = sharding.make_mesh(dict(data=2, fsdp=1, tensor=2, context=1))
+rng = np.random.default_rng(0)
+q, cotangent = (rng.standard_normal((4, 256, 2, 64)).astype(np.float32) for _ in range(2))
+k, v = (rng.standard_normal((4, 256, 1, 64)).astype(np.float32) for _ in range(2))
+kv_mask = rng.random((4, 256)) > 0.2
+kv_mask[1] = False  # a batch row with no key
+fn = attention.per_device("blockwise", mesh)
+def loss(q, k, v):
+  out = fn(q, k, v, causal=True, kv_mask=kv_mask, implementation="pallas_tpu")
+  return jnp.sum(out * cotangent), out
+(_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+np.savez(sys.argv[1], out=out, dq=grads[0], dk=grads[1], dv=grads[2], q=q, k=k, v=v,
+         kv_mask=kv_mask, cotangent=cotangent)
+"""
+
+
+@pytest.mark.devices8
+def test_per_device_runs_the_kernel_on_each_devices_share(tmp_path):
+  """Over a (data 2, tensor 2) mesh, splash runs inside shard_map on each device's
+  two batch rows and one query head (not whole on every device), and its value
+  and gradient equal the float64 reference."""
+  out_path = tmp_path / "out.npz"
+  done = subprocess.run([sys.executable, "-c", PER_DEVICE_SCRIPT, str(out_path)], cwd=ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                 XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  logs = done.stdout + done.stderr
+  assert "runs the kernel in Pallas interpret mode" in logs and "whole on every device" not in logs
+  r = dict(np.load(out_path))
+  allowed = reference.full_mask(4, 2, 256, 256, np.tril(np.ones((256, 256), bool)), r["kv_mask"])
+  np.testing.assert_allclose(r["out"], reference.softmax_attention(r["q"], r["k"], r["v"], allowed),
+                             atol=2e-5, rtol=1e-5)
+  want = reference.softmax_attention_vjp(r["q"], r["k"], r["v"], allowed, r["cotangent"])
+  for name, w in zip(("dq", "dk", "dv"), want):
+    np.testing.assert_allclose(r[name], w, atol=5e-5, rtol=1e-4, err_msg=name)
+
+
+def test_a_model_calls_attention_per_device_where_a_kernel_may_serve_it():
+  mesh = lambda **shape: sharding.make_mesh(dict(dict(data=1, fsdp=1, tensor=1, context=1),
+                                                 **shape), jax.devices()[:1])
+  one = mesh()
+  assert not attention.runs_per_device("blockwise", None, {})
+  assert not attention.runs_per_device("blockwise", one, {"implementation": "pallas_tpu"})
+  several = types.SimpleNamespace(size=4, shape=dict(data=4, fsdp=1, tensor=1, context=1))
+  split = types.SimpleNamespace(size=4, shape=dict(data=2, fsdp=1, tensor=1, context=2))
+  assert attention.runs_per_device("blockwise", several, {"implementation": "pallas_tpu"})
+  assert not attention.runs_per_device("blockwise", several, {"implementation": "xla"})
+  assert not attention.runs_per_device("blockwise", several, {})  # auto on CPU: the XLA code
+  assert not attention.runs_per_device("linear", several, {})     # no kernels
+  assert not attention.runs_per_device("blockwise", split, {"implementation": "pallas_tpu"})
+  with pytest.raises(ValueError, match=r"attention 'dense' per device: the mesh splits the "
+                                       r"sequence \(context=2\); use context_parallel"):
+    attention.per_device("dense", split)

@@ -180,6 +180,46 @@ def context_parallel(name, mesh, strategy, *, overlap=None) -> Callable:
   return attend
 
 
+def per_device(name, mesh) -> Callable:
+  """Variant `name` on each device's share of the batch and heads of `mesh`,
+  under jax.shard_map (the batch over data x fsdp, heads over tensor, as
+  context.py lays them out): how a vendor kernel, which jit's automatic
+  sharding cannot split, runs over a mesh. The sequence stays whole, so
+  mesh.context must be 1 (`context_parallel` splits it)."""
+  v = variant(name)
+  _context.check_mesh(mesh)
+  if mesh.shape[_context.AXIS] != 1:
+    raise ValueError(f"attention {name!r} per device: the mesh splits the sequence "
+                     f"(context={mesh.shape[_context.AXIS]}); use context_parallel")
+
+  def per_shard(query, key, value, *, causal, kv_mask, axis, **options):
+    del axis  # one shard: the sequence is whole
+    return v.fn(query, key, value, causal=causal, kv_mask=kv_mask, **options)
+
+  def attend(query, key, value, *, causal=False, kv_mask=None, **options):
+    v.resolved_options(options)
+    if not isinstance(causal, (bool, np.bool_)):
+      raise ValueError(f"attention {name!r}: `causal` must be a Python bool, got {causal!r}")
+    return _context.shard(name, per_shard, mesh, query, key, value, causal=causal,
+                          kv_mask=kv_mask, options=options)
+  return attend
+
+
+def runs_per_device(name, mesh, options=None) -> bool:
+  """Whether a model on `mesh` should call `name` through `per_device`: a vendor
+  kernel may serve it (an explicit Pallas or cuDNN `implementation`, or "auto"
+  on a TPU or GPU) over more than one device, with the sequence whole."""
+  if mesh is None or mesh.size == 1 or mesh.shape.get(_context.AXIS, 1) > 1:
+    return False
+  v = variant(name)
+  if "implementation" not in v.options:
+    return False
+  implementation = v.resolved_options(options)["implementation"]
+  if implementation == "auto":
+    return jax.default_backend() in ("tpu", "gpu")
+  return implementation != "xla"
+
+
 def check_context_parallel(name, strategy, mesh_shape, *, length, heads, kv_heads, head_dim,
                            causal, options=None):
   """Raises the ValueError `context_parallel` would, without devices: traces the split

@@ -42,6 +42,9 @@ class MultiHeadAttention(nn.Module):
     use_alibi: pass ALiBi slopes for the H query heads to the variant.
     context_parallel: None, or (mesh, strategy): the attention runs split
       over the mesh's "context" axis (`attention.context_parallel`).
+    per_device: None, or a mesh: the attention runs on each device's share
+      of the batch and heads under shard_map (`attention.per_device`), so a
+      vendor kernel serves it over the mesh.
     kernel_init: init of the query/key/value kernels (and `out`, unless
       out_kernel_init is given).
     out_kernel_init: init of the out projection (GPT-2 scales it by depth).
@@ -59,6 +62,7 @@ class MultiHeadAttention(nn.Module):
   rope_base: float = 10000.0
   use_alibi: bool = False
   context_parallel: Optional[tuple] = None
+  per_device: Optional[object] = None
   kernel_init: Initializer = nn.linear.default_kernel_init
   out_kernel_init: Optional[Initializer] = None
   dtype: jnp.dtype = jnp.float32
@@ -83,7 +87,9 @@ class MultiHeadAttention(nn.Module):
     options = dict(self.attention_options)
     if self.use_alibi:
       options["alibi_slopes"] = jnp.asarray(positional.alibi_slopes(self.num_heads))
-    if self.context_parallel is None:
+    if self.per_device is not None:
+      attend = attention_lib.per_device(self.attention, self.per_device)
+    elif self.context_parallel is None:
       attend = attention_lib.get(self.attention)
     else:
       attend = attention_lib.context_parallel(self.attention, *self.context_parallel)

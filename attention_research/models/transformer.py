@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from attention_research import attention as attention_lib
 from attention_research import sharding
 from attention_research.models import attention_layer
 from attention_research.models import positional
@@ -122,7 +123,9 @@ class Block(nn.Module):
           attention=s.attention, attention_options=s.attention_options,
           dropout_rate=s.attention_dropout, causal=self.causal, use_rope=s.pos == "rope",
           rope_base=s.rope_base, use_alibi=s.pos == "alibi",
-          context_parallel=s.context_parallel and (s.mesh, s.context_parallel), kernel_init=init,
+          context_parallel=s.context_parallel and (s.mesh, s.context_parallel),
+          per_device=s.mesh if attention_lib.runs_per_device(
+              s.attention, s.mesh, s.attention_options) else None, kernel_init=init,
           out_kernel_init=residual_init, dtype=s.dtype, name="attention",
       )(y, kv_mask, deterministic=deterministic)
 

@@ -34,6 +34,7 @@ An explicit Pallas kernel over several devices runs, with a warning logged once.
 
 import functools
 import logging
+import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -93,6 +94,18 @@ def check_context_implementation(variant, implementation):
                      f"{implementation!r}")
 
 
+def _devices_of_this_program():
+  """How many devices jit's sharding may split this call over: 1 inside a
+  shard_map over every mesh axis (attention.per_device, context.py), where
+  each device runs its own program; else the devices of the mesh in use, or
+  all of them."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return jax.device_count()
+  return math.prod(size for size, kind in zip(mesh.axis_sizes, mesh.axis_types)
+                   if kind != jax.sharding.AxisType.Manual)
+
+
 def kernel_for(variant, implementation, s, dtype, *, causal, kv_mask, options, backend=None,
                devices=None) -> Optional[Callable]:
   """The kernel that computes this call of `variant`, or None for its XLA code.
@@ -108,7 +121,8 @@ def kernel_for(variant, implementation, s, dtype, *, causal, kv_mask, options, b
       options, dense's `mask`, `alibi_slopes`).
     backend: None: jax.default_backend() (tests pass "tpu" or "gpu" to see
       what would be chosen there).
-    devices: None: jax.device_count(), likewise.
+    devices: None: the devices jit may split this program over (1 inside
+      shard_map; see _devices_of_this_program), likewise.
 
   Returns:
     None, or kernel(query, key, value, kv_mask, *, xla) -> [B, Lq, H, D] in
@@ -121,7 +135,7 @@ def kernel_for(variant, implementation, s, dtype, *, causal, kv_mask, options, b
     return None
   call = Call(variant, s, jnp.dtype(dtype), causal, kv_mask is not None, dict(options),
               backend or jax.default_backend())
-  devices = jax.device_count() if devices is None else devices
+  devices = _devices_of_this_program() if devices is None else devices
   unsplit = (f"{devices} devices, and jit's sharding cannot split a Pallas call (not wrapped in "
              f"shard_map yet)")
   if implementation == "auto":
