@@ -32,7 +32,11 @@ setup(
         "numpy>=2.4.6",
     ],
     extras_require={
-        "test": ["pytest>=9.2.0", "pytest-xdist>=3.8.0"],
+        # gs:// workdirs (storage.py): epath reaches GCS through gcsfs, which
+        # brings some 28 packages; tpu_setup/install asks for it, and the tests
+        # run a sweep on a fake GCS.
+        "gcs": ["gcsfs>=2026.10.1"],
+        "test": ["pytest>=9.2.0", "pytest-xdist>=3.8.0", "gcsfs>=2026.10.1"],
         # To look at the event files: tensorboard --logdir <workdir>.
         "tensorboard": ["tensorboard>=2.21.0"],
     },

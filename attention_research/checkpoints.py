@@ -32,6 +32,8 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from attention_research import storage
+
 CORRUPT = "corrupt"
 
 
@@ -40,10 +42,11 @@ def open_manager(directory, keep):
 
   Saves are synchronous: a checkpoint the trainer reports is on disk. orbax
   writes each one under a temporary name and renames it when complete, so a
-  kill during a save leaves the previous one as the newest.
+  kill during a save leaves the previous one as the newest (on an object store,
+  which has no renames, orbax marks a finished one with a commit file instead).
   """
   return ocp.CheckpointManager(
-      os.path.abspath(directory),
+      storage.absolute(directory),  # a local path made absolute, gs:// as it is
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            cleanup_tmp_directories=True,
                                            enable_async_checkpointing=False),
@@ -198,13 +201,13 @@ def _move_aside(manager, step, problem):
   failure = None
   if jax.process_index() == 0:
     n = 1
-    while os.path.exists(target):  # one moved aside by an earlier run
+    while storage.path(target).exists():  # one moved aside by an earlier run
       target = os.path.join(directory, CORRUPT, f"{step}.{n}")
       n += 1
     try:
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      os.rename(os.path.join(directory, str(step)), target)
-    except OSError as e:  # raised on every process below, none left waiting
+      storage.path(target).parent.mkdir(parents=True, exist_ok=True)
+      storage.move(os.path.join(directory, str(step)), target)
+    except Exception as e:  # pylint: disable=broad-except  # any client's; raised on all below
       failure = e
   if _any_process(failure and str(failure)) is not None:
     raise RuntimeError(f"the checkpoint at step {step} in {directory} is corrupt ({problem}) "

@@ -27,6 +27,13 @@ A claim is stale, and may be taken over, when its process is gone:
     and its write, where the filesystem has no hard links) is judged the same way.
 Taking over renames the stale claim aside first, so that of several processes
 that judged it stale only one removes it.
+
+On an object store (gs://; see storage.py) the same steps are conditional
+requests on the claim object's generation: it is created by an upload that
+requires that no object exists (generation 0), refreshed by re-uploading it
+only while its generation is still ours, and removed (on release, or as stale)
+only while its generation is the one that was read, so again exactly one of
+several creators or removers wins. Its "updated" time is the heartbeat.
 """
 
 import contextlib
@@ -38,6 +45,8 @@ import time
 import uuid
 
 from absl import logging
+
+from attention_research import storage
 
 # Seconds between refreshes of a held claim, and the age at which another
 # machine's unrefreshed claim counts as abandoned (a host that died or lost the
@@ -65,7 +74,7 @@ _HELD = set()
 def acquire(path, timeout_s):
   """This process's token once it holds the claim at `path`, taking over a stale one;
   None while another live process holds it."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  storage.path(path).parent.mkdir(parents=True, exist_ok=True)
   for _ in range(4):  # a claim may vanish (released, taken over) between any two calls
     token = _create(path)
     if token is not None:
@@ -74,7 +83,7 @@ def acquire(path, timeout_s):
     found = _read(path)
     if found is None:
       continue
-    claim, mtime = found
+    claim, mtime, _ = found
     if not _is_stale(claim, mtime, timeout_s):
       return None
     if _remove(path, claim.get("token")):
@@ -87,7 +96,7 @@ def holder(path, timeout_s):
   """The claim at `path` (a dict: host, pid, start_time, ...) if a live process holds it,
   else None. A claim caught mid-write reads as {}."""
   found = _read(path)
-  if found is None or _is_stale(*found, timeout_s):
+  if found is None or _is_stale(*found[:2], timeout_s):
     return None
   return found[0]
 
@@ -113,22 +122,21 @@ def held(path, timeout_s):
 
 
 def _read(path):
-  """(claim, mtime) of the claim at `path`, or None if there is none.
+  """(claim, mtime, version) of the claim at `path` (version: see storage.py), or None if
+  there is none.
 
   A claim that is not JSON (cut short: created by O_EXCL and killed before its
   write) reads as {}: its mtime still dates it.
   """
-  try:
-    mtime = os.stat(path).st_mtime
-    with open(path) as f:
-      text = f.read()
-  except FileNotFoundError:
+  found = storage.read_versioned(path)
+  if found is None:
     return None
+  data, mtime, version = found
   try:
-    claim = json.loads(text)
-  except json.JSONDecodeError:
-    return {}, mtime
-  return (claim if isinstance(claim, dict) else {}), mtime
+    claim = json.loads(data)
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    return {}, mtime, version
+  return (claim if isinstance(claim, dict) else {}), mtime, version
 
 
 def _is_stale(claim, mtime, timeout_s):
@@ -152,60 +160,27 @@ def _is_stale(claim, mtime, timeout_s):
 def _create(path):
   """A new claim's token if this process created the claim at `path`, None if one exists.
 
-  The claim is written whole under a temporary name and hard-linked into place
-  (a link never replaces an existing file: one creator wins). Where the
-  filesystem has no hard links (FAT, some FUSE mounts), O_EXCL creates it and
-  then writes it, leaving a moment where it is empty (see _read).
+  The claim appears whole, except where a filesystem has no hard links (see
+  storage.create): then it is empty for a moment (see _read).
   """
   token = uuid.uuid4().hex
   text = json.dumps({"host": HOST, "boot_id": BOOT_ID, "pid": os.getpid(),
                      "start_time": time.time(), "token": token})
-  tmp = f"{path}.new-{token}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  try:
-    os.link(tmp, path)
-  except FileExistsError:
-    return None
-  except OSError:  # no hard links here
-    return _create_exclusive(path, text, token)
-  finally:
-    os.remove(tmp)
-  return token
-
-
-def _create_exclusive(path, text, token):
-  try:
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-  except FileExistsError:
-    return None
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  return token
+  return token if storage.create(path, text.encode()) is not None else None
 
 
 def _remove(path, token):
   """Removes the claim at `path` if its token is `token` (None: one without a token);
   False if it is gone or another claim replaced it.
 
-  It is renamed to a unique name first: of several processes that found it
-  stale only one rename succeeds. If what moved is another claim (a process
-  took it over since we read it, and claimed afresh), it is linked back: a
-  link never replaces a claim created meanwhile.
+  Only if it is still the claim read here (storage.remove_if): of several
+  processes that found it stale only one removes it, and a claim created
+  meanwhile stays.
   """
-  aside = f"{path}.stale-{uuid.uuid4().hex}"
-  try:
-    os.rename(path, aside)
-  except FileNotFoundError:
+  found = _read(path)
+  if found is None or found[0].get("token") != token:
     return False
-  moved = _read(aside)
-  if moved is not None and moved[0].get("token") != token:
-    with contextlib.suppress(FileExistsError):
-      os.link(aside, path)
-    os.remove(aside)
-    return False
-  os.remove(aside)
-  return True
+  return storage.remove_if(path, found[2])
 
 
 def _release(path, token):
@@ -213,14 +188,15 @@ def _release(path, token):
   its process, and raising here would hide the error that ended the trial, if any."""
   try:
     _remove(path, token)  # if another process took it over, the heartbeat said so
-  except OSError as e:
+  except Exception as e:  # pylint: disable=broad-except  # any client's error (OSError, HTTP)
     logging.warning("could not remove the claim %s (%s); it goes stale once this process "
                     "ends", path, e)
   _HELD.discard(token)
 
 
 def _heartbeat(path, token, stop):
-  """Refreshes the claim's mtime every HEARTBEAT_S until `stop` is set or the claim is lost.
+  """Refreshes the claim (its mtime; an object's "updated" time) every HEARTBEAT_S until
+  `stop` is set or the claim is lost.
 
   A refresh that fails (an NFS hiccup) is tried again at the next beat: only
   many missed beats in a row make the claim look stale elsewhere.
@@ -232,7 +208,8 @@ def _heartbeat(path, token, stop):
         logging.error("lost the claim %s: another process took it over as stale (was this one "
                       "stalled, or its filesystem?) and may run this trial too", path)
         return
-      os.utime(path)
-    except OSError as e:
+      if storage.refresh_if(path, found[2]) is None:
+        continue  # changed since it was read: the next beat says by whom
+    except Exception as e:  # pylint: disable=broad-except  # any client's error (OSError, HTTP)
       logging.warning("could not refresh the claim %s (%s); trying again in %s s", path, e,
                       HEARTBEAT_S)

@@ -51,6 +51,7 @@ from attention_research import data
 from attention_research import models
 from attention_research import preemption
 from attention_research import sharding
+from attention_research import storage
 
 SCHEDULES = ("cosine", "rsqrt", "constant")
 # Which models fit which task kind (no generated task is a pair task yet, so
@@ -194,10 +195,7 @@ def loss_and_metrics(logits, batch, kind):
 
 
 def _write_json(path, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)  # never a half-written result
+  storage.write_json(path, obj, indent=2, sort_keys=True)  # never a half-written result
 
 
 def _truncate_metrics(path, last_step):
@@ -206,20 +204,17 @@ def _truncate_metrics(path, last_step):
   That includes a final eval and a line cut short by the kill; the file is
   replaced atomically, so a kill here loses nothing either.
   """
-  if not os.path.exists(path):
+  if not storage.path(path).exists():
     return
   kept = []
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      if record["step"] <= last_step and not record.get("final"):
-        kept.append(json.dumps(record) + "\n")
-  with open(path + ".tmp", "w") as f:
-    f.writelines(kept)
-  os.replace(path + ".tmp", path)
+  for line in storage.path(path).read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if record["step"] <= last_step and not record.get("final"):
+      kept.append(json.dumps(record) + "\n")
+  storage.write_text(path, "".join(kept))
 
 
 def _first_non_finite(fetched, step):
@@ -236,10 +231,10 @@ def _first_non_finite(fetched, step):
 
 def config_changes(config, saved_path, ignore=()):
   """Fields (outside `ignore`) where `config` differs from the saved config.json."""
-  if not os.path.exists(saved_path):
+  try:
+    saved = storage.read_json(saved_path)
+  except FileNotFoundError:
     return []
-  with open(saved_path) as f:
-    saved = json.load(f)
   current = json.loads(config.to_json_best_effort())
   return sorted(k for k in set(saved) | set(current)
                 if k not in ignore and saved.get(k) != current.get(k))
@@ -248,8 +243,7 @@ def config_changes(config, saved_path, ignore=()):
 def read_result(workdir):
   """The workdir's result.json as a dict, or None if there is none."""
   try:  # not exists-then-open: a sweep may move an attempt aside in between
-    with open(os.path.join(workdir, "result.json")) as f:
-      return json.load(f)
+    return storage.read_json(os.path.join(workdir, "result.json"))
   except FileNotFoundError:
     return None
 
@@ -257,8 +251,7 @@ def read_result(workdir):
 def latest_checkpoint_step(workdir):
   """The step of the workdir's newest complete checkpoint, 0 if none (orbax names each
   finished one by its step; temporary and corrupt ones have other names)."""
-  directory = os.path.join(workdir, "checkpoints")
-  names = os.listdir(directory) if os.path.isdir(directory) else []
+  names = storage.listdir(os.path.join(workdir, "checkpoints"))
   return max((int(n) for n in names if n.isdigit()), default=0)
 
 
@@ -298,7 +291,7 @@ def train_and_evaluate(config, workdir):
       and not config_changes(config, os.path.join(workdir, "config.json"))):
     logging.info("%s holds a completed run of this config: its result is kept", workdir)
     return previous
-  os.makedirs(workdir, exist_ok=True)
+  storage.path(workdir).mkdir(parents=True, exist_ok=True)
   result_path = os.path.join(workdir, "result.json")
   is_main = jax.process_index() == 0
   result = {"status": "failed", "workdir": workdir}
@@ -320,10 +313,10 @@ def train_and_evaluate(config, workdir):
 def _speeds(metrics_path, own):
   """Steps/s of every logged window of the run so far (metrics.jsonl holds the earlier
   lives' windows, on process 0); `own`, this life's, where there is no such file."""
-  if not os.path.exists(metrics_path):
+  if not storage.path(metrics_path).exists():
     return own
-  with open(metrics_path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  records = [json.loads(line) for line in storage.path(metrics_path).read_text().splitlines()
+             if line.strip()]
   return [r["steps_per_s"] for r in records if "steps_per_s" in r]
 
 
@@ -367,7 +360,7 @@ def _train(config, settings, workdir, start_time, result, life):
                  settings.attention)
 
   # ------------------------------------------------------------------ data
-  data_dir = os.path.expanduser(config.data_dir) if config.data_dir else None
+  data_dir = os.fspath(storage.path(config.data_dir)) if config.data_dir else None  # ~ expanded
   # Process 0 generates the data on first use; the others then open it, so
   # hosts sharing a data_dir do not race to write it.
   if is_main:
@@ -473,7 +466,8 @@ def _train(config, settings, workdir, start_time, result, life):
                for m in progress.get("pending_metrics", [])]
     logging.info("resumed from the checkpoint at step %d", restored_step)
   else:
-    if os.path.exists(metrics_path) and os.path.getsize(metrics_path):  # never silently
+    logged = storage.path(metrics_path)
+    if logged.exists() and logged.stat().length:  # never silently
       logging.warning("%s holds the records of an earlier run but no checkpoint to resume: "
                       "starting over from step 0", workdir)
     state = jax.jit(init_state, out_shardings=state_sharding)()
@@ -508,7 +502,7 @@ def _train(config, settings, workdir, start_time, result, life):
   # ------------------------------------------------------------------ loop
   # purge_step hides the events a killed run wrote past its last checkpoint.
   writer = tensorboardX.SummaryWriter(workdir, purge_step=first_step + 1) if is_main else None
-  metrics_file = open(metrics_path, "a") if is_main else None
+  metrics_file = storage.open_append(metrics_path) if is_main else None
 
   def log(step, record, prefix):
     if not is_main:

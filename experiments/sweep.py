@@ -32,6 +32,7 @@ from absl import flags
 import jax
 
 from attention_research import preemption
+from attention_research import storage
 from attention_research.sweep import grid
 from attention_research.sweep import runner
 from attention_research.sweep import tables as tables_lib
@@ -125,8 +126,7 @@ def main(argv):
     out_dir = os.path.join(_WORKDIR.value, "tables")
     for path in tables_lib.write(_WORKDIR.value, out_dir):
       if path.endswith(".md"):
-        with open(path) as f:
-          print("\n" + f.read(), end="")
+        print("\n" + storage.path(path).read_text(), end="")
     print(f"\ntables and plots written to {out_dir}")
 
 

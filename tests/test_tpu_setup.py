@@ -78,7 +78,7 @@ INSTALL = ("set -e; rm -rf ~/attention_research; mkdir ~/attention_research; "
            "tar -xzf ~/attention_research.tar.gz -C ~/attention_research; cd ~/attention_research; "
            "[ -x ~/.local/bin/uv ] || curl -LsSf https://astral.sh/uv/install.sh | sh; "
            "~/.local/bin/uv venv --python 3.12 --seed .venv; "
-           "~/.local/bin/uv pip install --python .venv/bin/python -c requirements.lock -e . "
+           "~/.local/bin/uv pip install --python .venv/bin/python -c requirements.lock -e '.[gcs]' "
            '"jax[tpu]"')
 CHECK = ("cd ~/attention_research && timeout 300 .venv/bin/python -c "
          '"import jax; print(jax.process_index(), jax.devices())"')

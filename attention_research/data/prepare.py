@@ -19,6 +19,7 @@ from absl import logging
 import tensorflow_datasets as tfds
 
 from attention_research import claims
+from attention_research import storage
 from attention_research.data import common
 from attention_research.data import registry
 
@@ -36,11 +37,15 @@ def builder(name, options, data_dir) -> tfds.core.GeneratorBasedBuilder:
   task = registry.get_task(name)
   config = common.make_config(task.config, registry.resolve_options(name, options))
   data_dir = None if data_dir is None else os.fspath(data_dir)
+  if data_dir is not None and not storage.is_local(data_dir):
+    # array_record's C++ writer and reader open local files only (gs:// needs TensorFlow).
+    raise ValueError(f"data_dir={data_dir!r}: allowed: a local directory (each host may "
+                     f"generate its own copy: generation is deterministic), not a URL")
   return task.builder(config=config, data_dir=data_dir, file_format="array_record")
 
 
 def _is_prepared(b):
-  return os.path.exists(os.path.join(os.fspath(b.data_path), "dataset_info.json"))
+  return (storage.path(b.data_path) / "dataset_info.json").exists()
 
 
 def prepare(name, options, data_dir,

@@ -12,9 +12,12 @@ Layout of a sweep's workdir:
                              time; its mtime is a heartbeat (see claims.py)
   attempts/<id>.<n>/         earlier failed or diverged attempts, kept by --retry_failed
   events/                    one file per trial start and end, from every shard:
-                             <time_ns>-<host>-<pid>-<seq>.json, written under a temporary
-                             name and renamed (atomic on POSIX and NFS, where appending to
-                             one shared file is not)
+                             <time_ns>-<host>-<pid>-<seq>.json, written whole (see
+                             storage.py: atomic on POSIX, NFS and gs://, where appending
+                             to one shared file is not)
+
+The workdir may be a local path or a gs:// URL: every file goes through
+storage.py, and the claims through its conditional writes.
 
 Running the same command again skips completed trials and resumes an
 interrupted one from its checkpoint (the trainer does that), so no trial runs
@@ -57,6 +60,7 @@ import numpy as np
 
 from attention_research import claims
 from attention_research import preemption
+from attention_research import storage
 from attention_research import train
 from attention_research.sweep import grid as grid_lib
 
@@ -165,32 +169,24 @@ def _progress(workdir, tid):
   result = read_result(workdir, tid)
   if result is not None:
     return result["status"]
-  try:
-    names = os.listdir(trial_dir(workdir, tid))
-  except FileNotFoundError:
-    return "pending"
+  names = storage.listdir(trial_dir(workdir, tid))
   return "interrupted" if any(not n.startswith(CLAIM) for n in names) else "pending"
 
 
 def _write_json(path, obj):
-  tmp = f"{path}.tmp-{HOST}-{os.getpid()}"  # hosts sharing the workdir may share a pid
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=repr)
-  os.replace(tmp, path)
+  storage.write_json(path, obj, indent=2, sort_keys=True, default=repr)
 
 
 # ------------------------------------------------------------------ events
 
 def _event(workdir, **record):
-  """Records one event as its own file, written whole and then renamed into events/."""
+  """Records one event as its own file in events/, written whole (storage.write_json)."""
   directory = os.path.join(workdir, "events")
-  os.makedirs(directory, exist_ok=True)
+  storage.path(directory).mkdir(parents=True, exist_ok=True)
   now = time.time_ns()
   name = f"{now}-{HOST}-{os.getpid()}-{next(_EVENT_NUMBERS)}.json"
-  tmp = os.path.join(directory, f".{name}.tmp")  # readers skip dot files
-  with open(tmp, "w") as f:
-    json.dump({"time": now / 1e9, "host": HOST, "pid": os.getpid(), **record}, f, default=repr)
-  os.rename(tmp, os.path.join(directory, name))
+  storage.write_json(os.path.join(directory, name),
+                     {"time": now / 1e9, "host": HOST, "pid": os.getpid(), **record}, default=repr)
 
 
 def _event_order(name):
@@ -202,18 +198,16 @@ def _event_order(name):
 def read_events(workdir):
   """Every trial start and end of the sweep, from every shard, in time order."""
   events = []
-  legacy = os.path.join(workdir, "events.jsonl")  # one shared file, before events/
-  if os.path.exists(legacy):
-    with open(legacy) as f:
-      for line in f:
-        with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a kill
-          events.append(json.loads(line))
+  legacy = storage.path(workdir) / "events.jsonl"  # one shared file, before events/
+  if legacy.exists():
+    for line in legacy.read_text().splitlines():
+      with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a kill
+        events.append(json.loads(line))
   directory = os.path.join(workdir, "events")
-  names = os.listdir(directory) if os.path.isdir(directory) else []
+  names = storage.listdir(directory)
   for name in sorted((n for n in names if n.endswith(".json") and not n.startswith(".")),
                      key=_event_order):
-    with open(os.path.join(directory, name)) as f:
-      events.append(json.load(f))
+    events.append(storage.read_json(os.path.join(directory, name)))
   return events
 
 
@@ -246,8 +240,7 @@ def _deaths(workdir, tid):
 
 def _last_attempt(workdir, tid):
   """The number of the trial's latest attempt under attempts/, 0 if none."""
-  attempts = os.path.join(workdir, "attempts")
-  names = os.listdir(attempts) if os.path.isdir(attempts) else []
+  names = storage.listdir(os.path.join(workdir, "attempts"))
   return max((int(n.rsplit(".", 1)[1]) for n in names if n.startswith(tid + ".")), default=0)
 
 
@@ -259,10 +252,10 @@ def _set_aside(workdir, tid):
   """
   source = trial_dir(workdir, tid)
   target = os.path.join(workdir, "attempts", f"{tid}.{_last_attempt(workdir, tid) + 1}")
-  os.makedirs(target)
-  for name in sorted(os.listdir(source), key=lambda n: n == "result.json"):
+  storage.path(target).mkdir(parents=True)
+  for name in sorted(storage.listdir(source), key=lambda n: n == "result.json"):
     if not name.startswith(CLAIM):
-      os.rename(os.path.join(source, name), os.path.join(target, name))
+      storage.move(os.path.join(source, name), os.path.join(target, name))
 
 
 def _check_same_config(workdir, tid, name, config):
@@ -279,10 +272,10 @@ def _check_same_config(workdir, tid, name, config):
 def _check_same_trials(workdir, trials):
   """Every shard and rerun of a sweep must share its trial list."""
   path = os.path.join(workdir, "sweep.json")
-  if not os.path.exists(path):
+  try:
+    saved = [t["id"] for t in storage.read_json(path)["trials"]]
+  except FileNotFoundError:
     return
-  with open(path) as f:
-    saved = [t["id"] for t in json.load(f)["trials"]]
   if saved != [t[1] for t in trials]:
     error = (f"{path} lists other trials than this sweep config gives (a changed grid or "
              f"config?); use a new --workdir")
@@ -339,7 +332,7 @@ def _plan(trials, mine, workdir, retry_failed, config_path, tables):
   """Records sweep.json; for each trial of this shard's `mine`: FINISHED if it needs no
   run, else the number of its latest attempt (see _decide)."""
   _check_same_trials(workdir, trials)
-  os.makedirs(os.path.join(workdir, "trials"), exist_ok=True)
+  (storage.path(workdir) / "trials").mkdir(parents=True, exist_ok=True)
   _write_json(os.path.join(workdir, "sweep.json"), {
       "config": config_path, "tables": list(tables),
       "trials": [{"index": index, "id": tid, "name": name, "overrides": overrides}

@@ -72,6 +72,7 @@ import os
 
 import numpy as np
 
+from attention_research import storage
 from attention_research import tabulate
 
 FORMATS = {"markdown": "md", "latex": "tex", "csv": "csv"}
@@ -87,22 +88,21 @@ _REQUIRED = object()  # field_value without a default: raise
 
 def load(workdir):
   """(table specs, trials, {trial id: result dict or None}) from a sweep's workdir."""
-  path = os.path.join(workdir, "sweep.json")
-  if not os.path.exists(path):
+  try:
+    sweep = storage.read_json(os.path.join(workdir, "sweep.json"))
+  except FileNotFoundError:
     raise ValueError(f"workdir {workdir!r} has no sweep.json: not a sweep directory (run "
-                     f"experiments.sweep into it first)")
-  with open(path) as f:
-    sweep = json.load(f)
+                     f"experiments.sweep into it first)") from None
   trials = sweep.get("trials", [])
   # Read here rather than through runner.read_result: that would import the
   # trainer (and JAX) just to read JSON files.
   results = {}
   for trial in trials:
     result_path = os.path.join(workdir, "trials", trial["id"], "result.json")
-    results[trial["id"]] = None
-    if os.path.exists(result_path):
-      with open(result_path) as f:
-        results[trial["id"]] = json.load(f)
+    try:
+      results[trial["id"]] = storage.read_json(result_path)
+    except FileNotFoundError:
+      results[trial["id"]] = None
   return sweep.get("tables", []), trials, results
 
 
@@ -124,12 +124,11 @@ def write(workdir, out_dir, fmt="markdown"):
   for spec in specs:
     for plot_spec in spec.get("plots", []):
       plot_points(spec, plot_spec, trials, results)
-  os.makedirs(out_dir, exist_ok=True)
+  storage.path(out_dir).mkdir(parents=True, exist_ok=True)
   paths = []
   for spec, table in zip(specs, built):
     path = os.path.join(out_dir, f"{spec['name']}.{FORMATS[fmt]}")
-    with open(path, "w") as f:
-      f.write(format_table(table, fmt) + "\n")
+    storage.write_text(path, format_table(table, fmt) + "\n")
     paths.append(path)
     for i, plot_spec in enumerate(spec.get("plots", [])):
       path = os.path.join(out_dir, f"{spec['name']}_{i}.png")
@@ -551,7 +550,8 @@ def plot(spec, plot_spec, trials, results, path):
     ax.legend(title=plot_spec.get("series"), fontsize=8)
   ax.grid(True, which="both", alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, format="png")
+  with storage.path(path).open("wb") as f:  # gs:// too
+    fig.savefig(f, format="png")
   return labels
 
 
