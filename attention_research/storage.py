@@ -6,7 +6,7 @@
 
 Paths are `etils.epath.Path`s (what orbax and TFDS use), so `gs://` works
 wherever a local directory does; epath sends it to fsspec's gcsfs when
-TensorFlow is absent (a dependency).
+TensorFlow is absent (setup.py's `gcs` extra, which the tests also install).
 
 What differs between POSIX and an object store, and how:
   - a whole-file write: POSIX writes a temporary file and renames it; one
