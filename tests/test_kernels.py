@@ -176,8 +176,9 @@ def test_splash_takes_dense_mask_only_while_tracing():
   dense = attention.get("dense")
   with pytest.raises(ValueError, match="pallas_tpu.*`mask` is traced"):
     jax.jit(lambda m: dense(q, k, v, mask=m, implementation="pallas_tpu"))(mask)
-  np.testing.assert_array_equal(  # "auto" is the XLA code for it
-      jax.jit(lambda m: dense(q, k, v, mask=m))(mask), dense(q, k, v, implementation="xla"))
+  np.testing.assert_array_equal(  # "auto" is the XLA code for it: the same program, bit for bit
+      jax.jit(lambda m: dense(q, k, v, mask=m))(mask),
+      jax.jit(lambda m: dense(q, k, v, mask=m, implementation="xla"))(mask))
 
 
 def test_variants_without_kernels_take_no_implementation():
