@@ -13,6 +13,7 @@ explicit kernel and the XLA code, logged once, for "auto".
 """
 
 import functools
+import json
 import logging
 import os
 import subprocess
@@ -387,3 +388,30 @@ def test_a_model_calls_attention_per_device_where_a_kernel_may_serve_it():
   with pytest.raises(ValueError, match=r"attention 'dense' per device: the mesh splits the "
                                        r"sequence \(context=2\); use context_parallel"):
     attention.per_device("dense", split)
+
+
+@pytest.mark.devices8
+def test_training_over_a_mesh_runs_the_kernel_per_device(tmp_path):
+  """The trainer on two devices with splash (interpret mode) asked for: the model calls it
+  through attention.per_device (never whole on each device), and training follows the
+  XLA code's losses to float32 rounding."""
+  from tests import test_train
+  flags = ["--config.attention=blockwise", "--config.total_steps=4", "--config.log_every=2",
+           "--config.checkpoint_every=4", "--config.eval_every=4", "--config.num_eval_batches=1"]
+  results, logs = {}, {}
+  for implementation in ("pallas_tpu", "xla"):
+    workdir = tmp_path / implementation
+    done = subprocess.run(
+        test_train.train_command(workdir, tmp_path / "data", *flags,
+                                 f"--config.attention_options.implementation={implementation}"),
+        cwd=ROOT, env=test_train.run_env(devices=2), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results[implementation] = json.load(open(workdir / "result.json"))
+    logs[implementation] = done.stderr
+  assert "Pallas interpret mode" in logs["pallas_tpu"]
+  assert "whole on every device" not in logs["pallas_tpu"]
+  assert results["pallas_tpu"]["num_devices"] == 2
+  losses = [test_train.read_jsonl(tmp_path / i / "metrics.jsonl") for i in ("pallas_tpu", "xla")]
+  train = [[r["loss"] for r in rows if "loss" in r] for rows in losses]
+  np.testing.assert_allclose(train[0], train[1], rtol=2e-4)
+  assert len(train[0]) == 2

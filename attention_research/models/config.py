@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_research import attention
+from attention_research.attention import kernels
 from attention_research.models import positional
 from attention_research.models import transformer
 
@@ -170,15 +171,18 @@ def _check_positions(config, name, head_dim, length, max_len):
 
 def _check_options_trace(s, length, *, causal):
   """Traces (never compiles) the variant once on abstract inputs, so a bad
-  option value (a negative window, an unknown feature map) fails here."""
-  q = jax.ShapeDtypeStruct((1, length, s.num_heads, s.head_dim), jnp.float32)
-  kv = jax.ShapeDtypeStruct((1, length, s.num_kv_heads, s.head_dim), jnp.float32)
+  option value (a negative window, an unknown feature map, a kernel that
+  cannot serve) fails here: in the compute dtype, as the model calls it, and
+  as on one device, as the model calls a kernel over a mesh (attention.per_device)."""
+  q = jax.ShapeDtypeStruct((1, length, s.num_heads, s.head_dim), s.dtype)
+  kv = jax.ShapeDtypeStruct((1, length, s.num_kv_heads, s.head_dim), s.dtype)
   options = dict(s.attention_options)
   if s.pos == "alibi":
     options["alibi_slopes"] = positional.alibi_slopes(s.num_heads)
   fn = attention.get(s.attention)
   try:
-    jax.eval_shape(lambda q, k, v: fn(q, k, v, causal=causal, **options), q, kv, kv)
+    with kernels.tracing_per_device():
+      jax.eval_shape(lambda q, k, v: fn(q, k, v, causal=causal, **options), q, kv, kv)
   except ValueError as e:
     raise ValueError(f"config.attention_options for {s.attention!r}: {e}") from e
 

@@ -7,3 +7,4 @@ from attention_research.attention.kernels.choose import check_context_implementa
 from attention_research.attention.kernels.choose import check_implementation
 from attention_research.attention.kernels.choose import IMPLEMENTATIONS
 from attention_research.attention.kernels.choose import kernel_for
+from attention_research.attention.kernels.choose import tracing_per_device

@@ -32,9 +32,11 @@ jax gives cuDNN's call partitioning rules (batch and heads), so it stays.
 An explicit Pallas kernel over several devices runs, with a warning logged once.
 """
 
+import contextlib
 import functools
 import logging
 import math
+import threading
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -94,11 +96,27 @@ def check_context_implementation(variant, implementation):
                      f"{implementation!r}")
 
 
+_TRACING_PER_DEVICE = threading.local()
+
+
+@contextlib.contextmanager
+def tracing_per_device():
+  """Calls traced within count one device: for checking, without a mesh, a call
+  that the model will make through attention.per_device."""
+  _TRACING_PER_DEVICE.on = True
+  try:
+    yield
+  finally:
+    _TRACING_PER_DEVICE.on = False
+
+
 def _devices_of_this_program():
   """How many devices jit's sharding may split this call over: 1 inside a
   shard_map over every mesh axis (attention.per_device, context.py), where
   each device runs its own program; else the devices of the mesh in use, or
   all of them."""
+  if getattr(_TRACING_PER_DEVICE, "on", False):
+    return 1
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return jax.device_count()
