@@ -29,6 +29,7 @@ import datetime
 import importlib.util
 import json
 import os
+import shutil
 import urllib.parse
 import uuid
 
@@ -97,6 +98,21 @@ def move(source, target):
     os.rename(source, target)
   else:
     _gcs().mv(os.fspath(source), os.fspath(target), recursive=True)
+
+
+def copy_files(source, target, last=None):
+  """Copies the files under directory `source` into directory `target`, either of them
+  local or on an object store; the file named `last` (directly under `source`) after
+  every other, so a reader that waits for it finds the rest whole."""
+  source, target = path(source), path(target)
+  for name in sorted(listdir(source), key=lambda n: n == last):
+    if (source / name).is_dir():
+      copy_files(source / name, target / name)
+      continue
+    if is_local(target):
+      os.makedirs(target, exist_ok=True)
+    with (source / name).open("rb") as f, (target / name).open("wb") as g:
+      shutil.copyfileobj(f, g, 1 << 22)
 
 
 class _Appender:

@@ -445,7 +445,7 @@ def test_generation_waits_for_the_live_holder_of_the_lock_and_takes_a_dead_ones_
   waiter = threading.Thread(target=lambda: done.append(data.prepare("order", options, tmp_path)))
   waiter.start()
   time.sleep(3)
-  assert not done and not prepare._is_prepared(prepare.builder("order", options, tmp_path))
+  assert not done and not prepare._is_prepared(prepare.builder("order", options, tmp_path).data_path)
   holder.send_signal(signal.SIGKILL)  # the holder dies without generating: its lock goes stale
   holder.wait()
   waiter.join(timeout=120)

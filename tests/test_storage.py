@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from attention_research import checkpoints
 from attention_research import claims
@@ -158,12 +159,13 @@ def test_checkpoints_save_restore_and_move_aside_on_gs(gcs):
   assert manager.all_steps() == [1]
 
 
-def test_a_sweep_runs_end_to_end_with_a_gs_workdir(gcs, tmp_path):
+def test_a_sweep_runs_end_to_end_with_a_gs_workdir_and_data_dir(gcs, tmp_path):
   workdir = f"gs://{BUCKET}/run"
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, "tests", ".jax_cache"))
+  env[data.MIRROR_ENV] = str(tmp_path / "mirror")
   command = [sys.executable, "-m", "experiments.sweep", "--config=tests/fixtures/tiny_sweep.py",
-             f"--workdir={workdir}", f"--config.data_dir={tmp_path / 'data'}",
+             f"--workdir={workdir}", f"--config.data_dir=gs://{BUCKET}/sweep-data",
              "--config.total_steps=10", "--config.checkpoint_every=5", "--config.log_every=5",
              "--config.eval_every=10",
              f"--jax_cache_dir={os.path.join(ROOT, 'tests', '.jax_cache')}"]
@@ -178,6 +180,10 @@ def test_a_sweep_runs_end_to_end_with_a_gs_workdir(gcs, tmp_path):
     if status == "completed":  # orbax (tensorstore) wrote its checkpoints to the store
       assert f"run/trials/{tid}/checkpoints/10/_CHECKPOINT_METADATA" in names
   assert {"run/tables/accuracy.md", "run/tables/accuracy_0.png"} <= names
+  # The data too: generated once, into the bucket, read from this host's mirror of it.
+  data_files = {n for b, n in gcs.objects if n.startswith("sweep-data/")}
+  assert any(n.endswith("/dataset_info.json") for n in data_files), sorted(data_files)
+  assert any(".array_record" in n for n in data_files)
   assert not any("claim.json" in n for n in names)  # every claim released
   assert sum(n.startswith("run/events/") for n in names) == 8  # a start and an end each
   assert "| completed |" in done.stdout
@@ -191,8 +197,36 @@ def test_a_sweep_runs_end_to_end_with_a_gs_workdir(gcs, tmp_path):
   assert tables.returncode == 0 and "**accuracy**" in tables.stdout, tables.stderr[-3000:]
 
 
-def test_a_gs_data_dir_is_refused_in_one_line():
-  # array_record (TFDS's files here) opens local paths only: say so before generating.
+def test_a_gs_data_dir_is_generated_once_uploaded_whole_and_mirrored_by_other_hosts(
+    gcs, tmp_path, monkeypatch):
   config = tiny_sweep.get_config()
-  with pytest.raises(ValueError, match=r"data_dir='gs://fake-bucket/data': allowed: a local"):
-    data.builder(config.task, config.task_options, f"gs://{BUCKET}/data")
+  data_dir = f"gs://{BUCKET}/data-{uuid.uuid4().hex[:8]}"
+  monkeypatch.setenv(data.MIRROR_ENV, str(tmp_path / "host0"))
+  first = data.prepare(config.task, config.task_options, data_dir)
+  mirror = tmp_path / "host0" / "gs" / BUCKET
+  assert os.fspath(first.data_path).startswith(os.fspath(mirror))  # read from local disk
+  version_dir = os.path.relpath(first.data_path, mirror)
+  uploaded = {name: generation for (bucket, name), (generation, _) in gcs.objects.items()
+              if name.startswith(version_dir + "/")}
+  local = sorted(os.listdir(first.data_path))
+  assert sorted(n.rsplit("/", 1)[1] for n in uploaded) == local
+  assert any(".array_record" in n for n in local)
+  # Uploaded last: a host that sees it finds every other file there.
+  assert max(uploaded, key=uploaded.get) == f"{version_dir}/dataset_info.json"
+  assert not any(n.endswith(".lock") for (_, n) in gcs.objects)  # claims released
+
+  # Another host (its own mirror) downloads the dataset; it does not generate it.
+  monkeypatch.setenv(data.MIRROR_ENV, str(tmp_path / "host1"))
+  with mock.patch.object(tfds.core.GeneratorBasedBuilder, "download_and_prepare",
+                         side_effect=AssertionError("generated again")):
+    second = data.prepare(config.task, config.task_options, data_dir)
+  assert os.fspath(second.data_path).startswith(os.fspath(tmp_path / "host1"))
+  assert sorted(os.listdir(second.data_path)) == local
+  assert os.listdir(os.path.dirname(second.data_path)) == [os.path.basename(second.data_path)]
+  for split in ("train", "test"):
+    a, b = first.as_data_source()[split], second.as_data_source()[split]
+    assert len(a) == len(b) > 0
+    for i in (0, len(a) - 1):
+      assert a[i].keys() == b[i].keys()
+      for name in a[i]:
+        np.testing.assert_array_equal(a[i][name], b[i][name])

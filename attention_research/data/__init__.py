@@ -16,6 +16,8 @@ from attention_research.data.pipeline import eval_batches
 from attention_research.data.pipeline import example_features
 from attention_research.data.pipeline import train_iterator
 from attention_research.data.prepare import builder
+from attention_research.data.prepare import MIRROR_ENV
+from attention_research.data.prepare import mirror_dir
 from attention_research.data.prepare import prepare
 from attention_research.data.registry import get_task
 from attention_research.data.registry import KINDS

@@ -10,10 +10,19 @@ claims.py: created atomically, with its holder's host and pid, taken over
 when that process is gone), and a process that finds the claim held waits
 until the data is there. TFDS alone is not enough: it writes into a
 temporary directory and renames it, and the loser of two renames fails.
+
+A data_dir on Cloud Storage (gs://) is mirrored: array_record's reader opens
+local files only, so each host reads a copy under its local mirror directory
+($ATTENTION_RESEARCH_MIRROR, default ~/.cache/attention_research/mirror, then
+the bucket and path). The bucket holds the data every host shares: the first
+process to claim a dataset there generates it locally and uploads it (its
+dataset_info.json last, as the mark that it is whole); every other host
+waits for that mark and downloads the dataset instead of generating it.
 """
 
 import os
 import time
+import uuid
 
 from absl import logging
 import tensorflow_datasets as tfds
@@ -27,25 +36,33 @@ from attention_research.data import registry
 # old another machine's unrefreshed lock must be to count as abandoned.
 POLL_S = 0.5
 STALE_AFTER_S = claims.STALE_AFTER_S
+MIRROR_ENV = "ATTENTION_RESEARCH_MIRROR"
+_DONE = "dataset_info.json"  # TFDS writes it last; uploaded last, it marks a whole copy
+
+
+def mirror_dir(data_dir):
+  """The local directory that holds this host's copy of the remote `data_dir`."""
+  root = os.environ.get(MIRROR_ENV) or os.path.join("~", ".cache", "attention_research", "mirror")
+  scheme, _, rest = os.fspath(data_dir).partition("://")
+  return os.path.join(os.path.expanduser(root), scheme, *rest.strip("/").split("/"))
 
 
 def builder(name, options, data_dir) -> tfds.core.GeneratorBasedBuilder:
   """The task's TFDS builder for these options, without preparing it.
 
-  data_dir None means TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
+  data_dir None means TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets);
+  a gs:// data_dir, this host's mirror of it (see the module docstring).
   """
   task = registry.get_task(name)
   config = common.make_config(task.config, registry.resolve_options(name, options))
   data_dir = None if data_dir is None else os.fspath(data_dir)
   if data_dir is not None and not storage.is_local(data_dir):
-    # array_record's C++ writer and reader open local files only (gs:// needs TensorFlow).
-    raise ValueError(f"data_dir={data_dir!r}: allowed: a local directory (each host may "
-                     f"generate its own copy: generation is deterministic), not a URL")
+    data_dir = mirror_dir(data_dir)
   return task.builder(config=config, data_dir=data_dir, file_format="array_record")
 
 
-def _is_prepared(b):
-  return (storage.path(b.data_path) / "dataset_info.json").exists()
+def _is_prepared(version_dir):
+  return (storage.path(version_dir) / _DONE).exists()
 
 
 def prepare(name, options, data_dir,
@@ -57,21 +74,53 @@ def prepare(name, options, data_dir,
   wait for it (see the module docstring).
   """
   b = builder(name, options, data_dir)
-  lock = os.fspath(b.data_path).rstrip("/") + ".lock"
+  local = os.fspath(b.data_path)
+  if data_dir is None or storage.is_local(data_dir):
+    _once(local, lambda: _generate(b), stale_after_s)
+  elif not _is_prepared(local):
+    remote = storage.path(data_dir) / os.path.relpath(local, mirror_dir(data_dir))
+    _once(os.fspath(remote), lambda: _generate_and_upload(b, remote, stale_after_s),
+          stale_after_s)
+    _once(local, lambda: _download(remote, local), stale_after_s)
+  # A fresh builder reads the dataset's info from what was written.
+  return builder(name, options, data_dir)
+
+
+def _once(version_dir, make, stale_after_s):
+  """Runs make() to fill `version_dir` unless it is prepared, in one process of those
+  sharing it (the claim `<version_dir>.lock`); the others wait until it is prepared."""
+  lock = version_dir.rstrip("/") + ".lock"
   waiting_since = None
-  while not _is_prepared(b):
+  while not _is_prepared(version_dir):
     with claims.held(lock, stale_after_s) as token:
       if token is not None:
-        if not _is_prepared(b):  # another process may have finished since we looked
-          # Nothing is downloaded; try_download_gcs=False keeps TFDS off the network.
-          b.download_and_prepare(
-              download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-        break
+        if not _is_prepared(version_dir):  # another process may have finished since we looked
+          make()
+        return
     if waiting_since is None:
       waiting_since = time.time()
       holder = claims.holder(lock, stale_after_s) or {}
-      logging.info("waiting for host %s, pid %s to generate %s (its lock: %s)",
-                   holder.get("host"), holder.get("pid"), b.data_path, lock)
+      logging.info("waiting for host %s, pid %s to prepare %s (its lock: %s)",
+                   holder.get("host"), holder.get("pid"), version_dir, lock)
     time.sleep(POLL_S)
-  # A fresh builder reads the dataset's info from what the generating process wrote.
-  return builder(name, options, data_dir)
+
+
+def _generate(b):
+  # Nothing is downloaded; try_download_gcs=False keeps TFDS off the network.
+  b.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+
+
+def _generate_and_upload(b, remote, stale_after_s):
+  """Generates the dataset into this host's mirror (unless it is there) and uploads it."""
+  _once(os.fspath(b.data_path), lambda: _generate(b), stale_after_s)
+  logging.info("uploading %s to %s", b.data_path, remote)
+  storage.copy_files(b.data_path, remote, last=_DONE)
+
+
+def _download(remote, local):
+  """Copies the remote dataset into a fresh directory beside `local`, renamed into place
+  whole: a reader never sees part of it."""
+  logging.info("downloading %s to %s", remote, local)
+  incoming = f"{local.rstrip('/')}.incoming-{uuid.uuid4().hex}"
+  storage.copy_files(remote, incoming, last=_DONE)
+  os.rename(incoming, local)
