@@ -250,19 +250,95 @@ def test_interpret_mode_is_logged_once_at_info(caplog, monkeypatch):
   assert kernel.func is pallas_gpu.attend and kernel.keywords["interpret"] is True
 
 
-@pytest.mark.parametrize("implementation", ["pallas_tpu", "cudnn"])
-def test_context_parallelism_refuses_the_kernels(implementation):
+def test_context_parallelism_takes_splash_in_the_ring_alone():
   sizes = dict(length=16, heads=2, kv_heads=1, head_dim=8, causal=True)
-  for name, strategy in (("dense", "ring"), ("blockwise", "all_gather"), ("local", "ring"),
-                         ("strided", "all_gather"), ("bigbird", "all_gather")):
-    options = dict({"local": dict(window=2), "strided": dict(stride=4),
-                    "bigbird": dict(block_size=4, num_global_blocks=1)}.get(name, {}),
-                   implementation=implementation)
-    with pytest.raises(ValueError, match=rf"{name} under context parallelism: `implementation` "
-                                         rf"must be 'auto' or 'xla'.*got '{implementation}'"):
-      attention.check_context_parallel(name, strategy, {"context": 2}, options=options, **sizes)
-    attention.check_context_parallel(name, strategy, {"context": 2},
-                                     options=dict(options, implementation="auto"), **sizes)
+  others = {"local": dict(window=2), "strided": dict(stride=4),
+            "bigbird": dict(block_size=4, num_global_blocks=1)}
+  for name, strategy in (("blockwise", "all_gather"), ("local", "ring"), ("strided", "all_gather"),
+                         ("bigbird", "all_gather")):
+    for implementation in ("pallas_tpu", "cudnn"):
+      options = dict(others.get(name, {}), implementation=implementation)
+      with pytest.raises(ValueError, match=rf"{name} under context parallelism: `implementation` "
+                                           rf"must be 'auto' or 'xla'.*got '{implementation}'"):
+        attention.check_context_parallel(name, strategy, {"context": 2}, options=options, **sizes)
+      attention.check_context_parallel(name, strategy, {"context": 2},
+                                       options=dict(options, implementation="auto"), **sizes)
+  for name in ("dense", "blockwise"):
+    attention.check_context_parallel(name, "ring", {"context": 2},
+                                     options=dict(implementation="pallas_tpu"), **sizes)
+    for implementation in ("cudnn", "pallas_gpu"):
+      with pytest.raises(ValueError, match=rf"{name} under ring attention: implementation="
+                                           rf"'{implementation}' cannot serve a ring step .*"
+                                           rf"Allowed: \['auto', 'xla', 'pallas_tpu'\]"):
+        attention.check_context_parallel(name, "ring", {"context": 2},
+                                         options=dict(implementation=implementation), **sizes)
+
+
+def test_the_ring_step_is_splash_on_tpu_where_it_serves():
+  s = common.Shapes(2, 64, 64, 4, 2, 64)
+  step = lambda implementation, backend, dtype=jnp.bfloat16, **options: kernels.ring_step(
+      "blockwise", implementation, s, dtype, causal=True, kv_mask=None, options=options,
+      backend=backend)
+  assert step("auto", "tpu") is False            # splash, compiled for the TPU
+  assert step("auto", "tpu", jnp.float32) is False
+  assert step("auto", "gpu") is None and step("auto", "cpu") is None   # the XLA code
+  assert step("auto", "tpu", jnp.float16) is None   # splash computes float32 or bfloat16
+  assert step("auto", "tpu", alibi_slopes=np.ones(4)) is None
+  assert step("xla", "tpu") is None
+  assert step("pallas_tpu", "cpu") is True         # interpret mode
+  with pytest.raises(ValueError, match=r"blockwise under ring attention: implementation="
+                                       r"'pallas_tpu' cannot serve this call: splash takes no "
+                                       r"logit bias, so no ALiBi"):
+    step("pallas_tpu", "tpu", alibi_slopes=np.ones(4))
+
+
+RING_SCRIPT = """
+import logging, sys
+import jax, jax.numpy as jnp, numpy as np
+from attention_research import attention, sharding
+logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+rng = np.random.default_rng(1)
+q, cotangent = (rng.standard_normal((2, 200, 2, 64)).astype(np.float32) for _ in range(2))
+k, v = (rng.standard_normal((2, 200, 1, 64)).astype(np.float32) for _ in range(2))
+kv_mask = rng.random((2, 200)) > 0.2
+kv_mask[1] = False  # a batch row with no key
+saved = dict(q=q, k=k, v=v, kv_mask=kv_mask, cotangent=cotangent)
+for name, n, causal, overlap in (("causal", 4, True, True), ("full", 2, False, False)):
+  mesh = sharding.make_mesh(dict(data=4 // n, fsdp=1, tensor=1, context=n))
+  fn = attention.context_parallel("blockwise", mesh, "ring", overlap=overlap)
+  def loss(q, k, v):
+    out = fn(q, k, v, causal=causal, kv_mask=kv_mask, implementation="pallas_tpu")
+    return jnp.sum(out * cotangent), out
+  (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+  saved.update({f"{name}_{x}": y for x, y in zip(("out", "dq", "dk", "dv"), (out, *grads))})
+np.savez(sys.argv[1], **saved)
+"""
+
+
+@pytest.mark.devices8
+def test_splash_as_the_rings_step_equals_float64_softmax(tmp_path):
+  """Ring attention with splash (interpret mode) as each shard's step, on 4 simulated
+  devices: causal (striped, the overlapped schedule) over 4 shards and full over 2,
+  with grouped heads, padding to splash's blocks and a batch row with no key, in value
+  and gradient against the float64 reference."""
+  out_path = tmp_path / "out.npz"
+  done = subprocess.run([sys.executable, "-c", RING_SCRIPT, str(out_path)], cwd=ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                 XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "runs splash in Pallas interpret mode" in done.stdout + done.stderr
+  r = dict(np.load(out_path))
+  for name, causal in (("causal", True), ("full", False)):
+    pattern = np.tril(np.ones((200, 200), bool)) if causal else None
+    allowed = reference.full_mask(2, 2, 200, 200, pattern, r["kv_mask"])
+    np.testing.assert_allclose(r[f"{name}_out"],
+                               reference.softmax_attention(r["q"], r["k"], r["v"], allowed),
+                               atol=2e-5, rtol=1e-5, err_msg=name)
+    want = reference.softmax_attention_vjp(r["q"], r["k"], r["v"], allowed, r["cotangent"])
+    for grad, w in zip(("dq", "dk", "dv"), want):
+      np.testing.assert_allclose(r[f"{name}_{grad}"], w, atol=5e-5, rtol=1e-4,
+                                 err_msg=f"{name} {grad}")
 
 
 def test_masks_and_costs_ignore_the_implementation():

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from attention_research.attention import common
 from attention_research.attention import context
 from attention_research.attention import kernels
+from attention_research.attention.kernels import splash_ring
 
 
 def blockwise(query, key, value, *, causal=False, kv_mask=None, block_q=None, block_k=512,
@@ -483,10 +484,13 @@ def context_ring(query, key, value, *, causal=False, kv_mask=None, axis, overlap
   attention runs striped (see context.py). `overlap` (None: off on CPU,
   whose collectives are copies with nothing to hide behind; on elsewhere)
   sends each step's keys on while computing with them, at about two
-  shard-sized arrays more a device (see `_ring`)."""
-  kernels.check_context_implementation(variant, implementation)
+  shard-sized arrays more a device (see `_ring`). `implementation`: each
+  step's kernel, "auto" (splash on TPU where it serves, else the XLA code),
+  "xla" or "pallas_tpu" (kernels.ring_step)."""
   s = common.check_inputs(variant, query, key, value, kv_mask)
   slopes = common.check_alibi_slopes(variant, alibi_slopes, s.heads)
+  splash = kernels.ring_step(variant, implementation, s, query.dtype, causal=causal,
+                             kv_mask=kv_mask, options=dict(alibi_slopes=alibi_slopes))
   fwd_blocks, bwd_blocks, per_head = _resolve_blocks(
       variant, s, causal, block_q, block_k, bwd_block_q, bwd_block_k, sequential_heads)
   if causal:
@@ -496,7 +500,7 @@ def context_ring(query, key, value, *, causal=False, kv_mask=None, axis, overlap
   if overlap is None:
     overlap = jax.default_backend() != "cpu"
   out = _ring(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head,
-              bool(overlap))
+              bool(overlap), splash)
   out = out.transpose(0, 3, 1, 2, 4).reshape(s.batch, s.q_len, s.heads, s.head_dim)
   out = out.astype(query.dtype)
   return context.unstripe(out, axis) if causal else out
@@ -523,18 +527,31 @@ def _rotate_all(xs, axis):
 #                  by optimization barriers: XLA's while loop would keep a
 #                  second buffer of every carried array anyway); about six,
 #                  one device's count, but the transfers add to the time.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9, 10))
-def _ring(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head, overlap):
+# Each step's block is the XLA code here (splash None) or splash (splash_ring.py;
+# `splash` says whether in interpret mode).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9, 10, 11))
+def _ring(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head, overlap,
+          splash):
   return _ring_fwd(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head,
-                   overlap)[0]
+                   overlap, splash)[0]
 
 
-def _ring_fwd(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head, overlap):
+def _later(t, j, i):
+  """Whether key shard j comes after query shard i in the stripes (step 0's is i's own)."""
+  return False if isinstance(t, int) and t == 0 else j > i
+
+
+def _ring_fwd(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, per_head, overlap,
+              splash):
   del bwd_blocks
   n, i, rows = context.size(axis), jax.lax.axis_index(axis), k.shape[2]
 
   def block(t, k_t, v_t, mask_t, into):  # step t computes with shard i - t's keys
-    pos = _shard_positions(axis, i, (i - t) % n, rows, causal)
+    j = (i - t) % n
+    if splash is not None:
+      return splash_ring.forward(q, k_t, v_t, mask_t, causal=causal, later=_later(t, j, i),
+                                 into=into, interpret=splash)
+    pos = _shard_positions(axis, i, j, rows, causal)
     return forward_partials(q, k_t, v_t, mask_t, slopes, pos, causal, fwd_blocks, per_head, into)
 
   if overlap:
@@ -557,7 +574,7 @@ def _ring_fwd(q, k, v, kv_mask, slopes, causal, axis, fwd_blocks, bwd_blocks, pe
   return out, (q, k, v, kv_mask, slopes, out, lse)
 
 
-def _ring_bwd(causal, axis, fwd_blocks, bwd_blocks, per_head, overlap, residuals, d_out):
+def _ring_bwd(causal, axis, fwd_blocks, bwd_blocks, per_head, overlap, splash, residuals, d_out):
   del fwd_blocks
   q, k, v, kv_mask, slopes, out, lse = residuals
   n, i, rows = context.size(axis), jax.lax.axis_index(axis), k.shape[2]
@@ -568,7 +585,11 @@ def _ring_bwd(causal, axis, fwd_blocks, bwd_blocks, per_head, overlap, residuals
   k, v, kv_mask, _ = jax.lax.optimization_barrier((k, v, kv_mask, lse))
 
   def block(t, k_t, v_t, mask_t, into):  # step t: shard first - t's keys and their gradient
-    pos = _shard_positions(axis, i, (first - t) % n, rows, causal)
+    j = (first - t) % n
+    if splash is not None:
+      return splash_ring.backward(q, k_t, v_t, mask_t, causal=causal, later=j > i, out=out,
+                                  lse=lse, d_out=d_out, into=into, interpret=splash)
+    pos = _shard_positions(axis, i, j, rows, causal)
     return backward_partials(q, k_t, v_t, mask_t, slopes, pos, out, lse, d_out, d_lse, causal,
                              bwd_blocks, per_head, into)
 

@@ -25,11 +25,15 @@ the implementation, why, and the allowed values. No kernel takes a bias, so
 ALiBi is always the XLA code. Each kernel module says what it serves
 (`why_not`) and computes it (`attend`).
 
-Over several devices "auto" leaves the Pallas kernels out: jit's automatic
-sharding cannot split a Pallas call (it would run whole on every device, the
-batch gathered to each), and wrapping them in shard_map is not done yet.
-jax gives cuDNN's call partitioning rules (batch and heads), so it stays.
-An explicit Pallas kernel over several devices runs, with a warning logged once.
+Over several devices, outside shard_map, "auto" leaves the Pallas kernels
+out: jit's automatic sharding cannot split a Pallas call (it would run whole
+on every device, the batch gathered to each); jax gives cuDNN's call
+partitioning rules (batch and heads), so it stays. An explicit Pallas kernel
+there runs, with a warning logged once. The model calls a variant through
+attention.per_device (shard_map) where a kernel may serve, and inside
+shard_map each device's program counts one device. Under context parallelism
+ring attention's per-shard step is chosen by `ring_step` (splash or the XLA
+code); the other strategies run the XLA code.
 """
 
 import contextlib
@@ -86,14 +90,55 @@ def check_implementation(variant, implementation):
   return implementation
 
 
+RING = ("auto", "xla", "pallas_tpu")  # what ring attention's per-shard step takes
+
+
 def check_context_implementation(variant, implementation):
-  """The context-parallel per-shard functions' check: the kernels are not
-  composed with shard_map yet, so only the XLA code runs there ("auto" too)."""
+  """The check of the context-parallel per-shard functions other than the ring
+  (`ring_step` is its own): they run the XLA code ("auto" too)."""
   check_implementation(variant, implementation)
   if implementation not in ("auto", "xla"):
     raise ValueError(f"{variant} under context parallelism: `implementation` must be 'auto' or "
-                     f"'xla' (the vendor kernels do not run per shard yet), got "
-                     f"{implementation!r}")
+                     f"'xla' (of the strategies only ring attention runs a kernel per shard: "
+                     f"splash, on TPU), got {implementation!r}")
+
+
+def ring_step(variant, implementation, s, dtype, *, causal, kv_mask, options, backend=None):
+  """How ring attention computes each step (blockwise.context_ring): None for the
+  XLA code, else splash (splash_ring.py), with whether it runs in interpret mode.
+
+  The ring merges the steps by their log-sum-exp, so its step is a kernel that
+  returns one: splash does (auto picks it on TPU); cuDNN and the Pallas GPU
+  kernel do not, and are a ValueError naming the allowed values (RING).
+  `s` is one shard's call; the rest as in `kernel_for`.
+  """
+  check_implementation(variant, implementation)
+  if implementation not in RING:
+    raise ValueError(f"{variant} under ring attention: implementation={implementation!r} cannot "
+                     f"serve a ring step (the ring merges its steps by their log-sum-exp, which "
+                     f"only splash returns). Allowed: {list(RING)}")
+  if implementation == "xla":
+    return None
+  call = Call(variant, s, jnp.dtype(dtype), causal, kv_mask is not None, dict(options),
+              backend or jax.default_backend())
+  reason = splash.why_not(call)
+  if implementation == "auto":
+    if call.backend == "tpu" and reason is None:
+      return False
+    why = reason or f"splash runs on TPU, the backend is {call.backend!r}"
+    _log_once(logging.DEBUG, f"ring attention {variant!r}, implementation='auto' runs the XLA "
+                             f"code per shard: {why}")
+    return None
+  if reason is not None:
+    raise ValueError(f"{variant} under ring attention: implementation='pallas_tpu' cannot serve "
+                     f"this call: {reason}. Allowed: {list(RING)} ('auto' falls back to 'xla' "
+                     f"where splash cannot serve)")
+  interpret = call.backend != "tpu"
+  if interpret:
+    _log_once(logging.INFO, f"ring attention {variant!r}: implementation='pallas_tpu' on backend "
+                            f"{call.backend!r} runs splash in Pallas interpret mode (slow; for "
+                            f"tests)")
+  return interpret
 
 
 _TRACING_PER_DEVICE = threading.local()

@@ -49,7 +49,7 @@ from attention_research.attention import masks
 VARIANTS = ("dense", "blockwise", "local", "strided", "bigbird")
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 LANES = 128  # splash's key blocks (block_kv_compute) are multiples of this
-_SINK = -1e30  # a logit below any real one, above splash's mask value (-0.7 x float32 max)
+SINK = -1e30  # a logit below any real one, above splash's mask value (-0.7 x float32 max)
 
 
 def why_not(call):
@@ -76,7 +76,7 @@ def attend(query, key, value, kv_mask, *, call, interpret, xla=None):
   del xla  # splash serves every call it accepts
   s = call.shapes
   lq, lk = common.round_up(s.q_len, LANES), common.round_up(s.k_len, LANES)
-  bq, bk = _block(lq), _block(lk)
+  bq, bk = block_size(lq), block_size(lk)
   blocks = sa.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq,
                          block_kv_dkv=bk, block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)
   kernel = sa.make_splash_mha(_mask(call, lq, lk), block_sizes=blocks, head_shards=1,
@@ -85,7 +85,7 @@ def attend(query, key, value, kv_mask, *, call, interpret, xla=None):
   q = query * jnp.asarray(common.default_scale(s.head_dim), query.dtype)  # splash does not scale
   heads_first = lambda x, length: common.pad_axis(x, 1, length).transpose(0, 2, 1, 3)
   q, k, v = heads_first(q, lq), heads_first(key, lk), heads_first(value, lk)
-  sinks = jnp.full((s.heads,), _SINK, jnp.float32)
+  sinks = jnp.full((s.heads,), SINK, jnp.float32)
   if kv_mask is None and lk == s.k_len:
     out = jax.vmap(lambda q, k, v: kernel(q, k, v, None, sinks))(q, k, v)
   else:
@@ -97,7 +97,7 @@ def attend(query, key, value, kv_mask, *, call, interpret, xla=None):
   return out[:, :, :s.q_len].transpose(0, 2, 1, 3).astype(query.dtype)
 
 
-def _block(length):
+def block_size(length):
   """The largest of 512, 256, 128 that divides `length` (a multiple of 128)."""
   return next(b for b in (512, 256, LANES) if length % b == 0)
 
