@@ -36,7 +36,10 @@ setup(
         # brings some 28 packages; tpu_setup/install asks for it, and the tests
         # run a sweep on a fake GCS.
         "gcs": ["gcsfs>=2026.10.1"],
-        "test": ["pytest>=9.2.0", "pytest-xdist>=3.8.0", "gcsfs>=2026.10.1"],
+        # importlib_resources: TFDS's own builders need it to write a dataset,
+        # which the tests do for small fixtures of the datasets LRA reads.
+        "test": ["pytest>=9.2.0", "pytest-xdist>=3.8.0", "gcsfs>=2026.10.1",
+                 "importlib_resources>=7.1.0"],
         # To look at the event files: tensorboard --logdir <workdir>.
         "tensorboard": ["tensorboard>=2.21.0"],
     },

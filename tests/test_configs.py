@@ -33,6 +33,15 @@ def test_config_validates(name, scale):
   assert "Runtime:" in doc and "Expected:" in doc and "TBD" not in doc
 
 
+def test_listops_in_lras_form_takes_lras_model_at_paper_scale():
+  config = load("listops").get_config("scale=paper,form=lra")
+  train.validate_config(config, num_devices=1)
+  assert config.task_options.form == "lra" and config.max_len == 2000
+  assert (config.num_layers, config.d_model, config.num_heads, config.mlp_dim) == (6, 512, 8, 2048)
+  assert config.pooling == "cls" and config.learning_rate == pytest.approx(0.05 / 1000 ** 0.5)
+  assert load("listops").get_config("scale=cpu").task_options.form == "brackets"
+
+
 @pytest.mark.parametrize("name", TASK_CONFIGS)
 @pytest.mark.parametrize("variant", ["local", "performer"])
 def test_attention_and_pos_arguments_reach_the_config(name, variant):

@@ -43,6 +43,8 @@ TINY = {
                 "num_test": 20},
     "order": {"length": 12, "num_markers": 3, "vocab_size": 10, "num_train": 64,
               "num_test": 20},
+    "pathfinder": {"image_size": 16, "contour_length": 3, "segment_length": 3,
+                   "num_distractors": 0, "num_train": 64, "num_test": 20},
 }
 
 
@@ -65,10 +67,12 @@ def key(example):
 # --- registry and options ----------------------------------------------------
 
 def test_registry_entries():
-  assert data.names() == ["listops", "mqar", "copy", "order"]
+  assert data.names() == ["listops", "mqar", "copy", "order", "pathfinder", "lra_text"]
   kinds = {name: data.get_task(name).kind for name in data.names()}
   assert kinds == {"listops": "classification", "mqar": "lm", "copy": "lm",
-                   "order": "classification"}
+                   "order": "classification", "pathfinder": "classification",
+                   "lra_text": "classification"}
+  assert [n for n in data.names() if data.get_task(n).source] == ["lra_text"]
   assert data.vocab_size("listops", None) == 16  # pad, 10 digits, 4 operators, "]"
   assert data.num_classes("listops", None) == 10
   assert data.vocab_size("mqar", {"vocab_size": 100}) == 100
@@ -186,6 +190,23 @@ def test_listops_labels_match_an_independent_evaluator(data_dir):
     check_listops(example, big)
     lengths.append(len(example["inputs"]))
   assert min(lengths) < 450 < max(lengths)  # lengths spread over the range
+
+
+def test_listops_in_lras_form_is_the_same_tree_without_its_closing_brackets():
+  opts = data.resolve_options("listops", TINY["listops"])
+  lra = data.resolve_options("listops", {**TINY["listops"], "form": "lra"})
+  assert data.sequence_length("listops", lra) == opts["max_len"]  # a bound
+  for i in range(30):
+    ours, theirs = listops.generate(opts, "train", i), listops.generate(lra, "train", i)
+    assert theirs["label"] == ours["label"]
+    kept = [t for t in ours["inputs"].tolist() if t != listops.CLOSE]
+    assert theirs["inputs"].tolist() == kept and listops.CLOSE not in kept
+    # LRA's text: operators and digits, as its tokenizer (alphanumeric runs) read them.
+    words = listops.decode(theirs["inputs"]).replace("[", "").split()
+    assert set(words) <= {"MIN", "MAX", "MED", "SM"} | {str(d) for d in range(10)}
+  with pytest.raises(ValueError, match=r"listops: option `form` must be one of "
+                                       r"\['brackets', 'lra'\], got 'tsv'"):
+    data.resolve_options("listops", {"form": "tsv"})
 
 
 def test_listops_exact_lengths_at_tight_limits():

@@ -8,8 +8,9 @@
     state = it.get_state()   # JSON; it.set_state(state) resumes exactly here
 
 `registry.py` lists the tasks (adding one: a file and a `_register` line
-there), `prepare.py` generates a task into a data_dir on first use, and
-`pipeline.py` turns a prepared split into batches.
+there), `prepare.py` generates a task into a data_dir on first use (or finds
+the TFDS dataset a task reads), and `pipeline.py` turns a prepared split
+into batches.
 """
 
 from attention_research.data.pipeline import eval_batches

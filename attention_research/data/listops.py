@@ -10,10 +10,14 @@ the label is the value of the whole expression, so 10 classes. Example:
     [MAX 4 3 [MIN 2 3 ] 1 0 [MED 1 5 8 9 2 ] ]   ->   5
 
 Differences from LRA, on purpose:
-- The brackets are tokens. LRA's tokenizer (tfds Tokenizer: alphanumeric
-  runs) dropped "[" and "]", keeping MIN, MAX, MED, SM and digits, which
-  leaves the nesting ambiguous; here "[MIN" etc. open and "]" closes an
-  operator.
+- The brackets are tokens (`form="brackets"`, the default). LRA's tokenizer
+  (lra_benchmarks/listops/input_pipeline.py: tfds.deprecated.text.Tokenizer,
+  alphanumeric runs) dropped the brackets, keeping MIN, MAX, MED, SM and
+  digits, which leaves the nesting ambiguous; here "[MIN" etc. open and "]"
+  closes an operator. `form="lra"` drops the "]" tokens as LRA did (the
+  operators keep their ids): the same trees and labels, with the lengths
+  (`min_len`, `max_len`) still counted with the brackets, as LRA's generator
+  counted them before tokenizing.
 - Lengths are hit constructively, not by rejection: a target length is drawn
   uniformly from the lengths in [min_len, max_len] (inclusive; LRA's bounds
   were exclusive) that a tree of at most `max_depth` nested operators with
@@ -49,6 +53,7 @@ TOKENS = ("<pad>",) + tuple(str(d) for d in range(10)) + OPERATORS + ("]",)
 TOKEN_ID = {token: i for i, token in enumerate(TOKENS)}
 CLOSE = TOKEN_ID["]"]
 NUM_CLASSES = 10
+FORMS = ("brackets", "lra")
 _LEAF_PROBABILITY = 0.75  # LRA's VALUE_P = 0.25 is the chance of an operator
 
 
@@ -58,6 +63,7 @@ class ListOpsConfig(tfds.core.BuilderConfig):
   max_args: int = 10    # arguments per operator: 2..max_args
   min_len: int = 32     # tokens, brackets included
   max_len: int = 512
+  form: str = "brackets"  # brackets | lra (LRA's tokens: no "]")
   num_train: int = 20_000
   num_test: int = 2_000
   seed: int = 0
@@ -69,6 +75,7 @@ def check_options(options) -> dict:
           "max_args": common.positive_int(NAME, "max_args", options["max_args"]),
           "min_len": common.positive_int(NAME, "min_len", options["min_len"]),
           "max_len": common.positive_int(NAME, "max_len", options["max_len"])}
+  opts["form"] = common.choice(NAME, "form", options["form"], FORMS)
   if opts["max_args"] < 2:
     raise ValueError(f"{NAME}: option `max_args` must be >= 2, got {opts['max_args']}")
   if opts["max_len"] < opts["min_len"]:
@@ -87,7 +94,8 @@ def vocab_size(options) -> int:
 
 
 def sequence_length(options) -> int:
-  """Tokens in the longest example (brackets included)."""
+  """Tokens in the longest example (brackets counted; in form "lra" a bound, as the
+  "]" tokens are dropped)."""
   return options["max_len"]
 
 
@@ -217,11 +225,13 @@ def generate(options, split, index) -> dict:
     return {"inputs": np.asarray([label + 1], np.int32), "label": label}
   out = []
   label = _grow(rnd, n, depth, tables, out)
+  if options["form"] == "lra":
+    out = [token for token in out if token != CLOSE]
   return {"inputs": np.asarray(out, np.int32), "label": label}
 
 
 class ListOps(common.GeneratedBuilder, skip_registration=True):
-  """ListOps (LRA variant, brackets kept); options in ListOpsConfig."""
+  """ListOps (LRA's task; brackets kept unless form="lra"); options in ListOpsConfig."""
 
   name = NAME
   VERSION = tfds.core.Version("1.0.0")

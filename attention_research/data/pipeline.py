@@ -22,6 +22,7 @@ The training iterator is Grain's: `get_state()` is a small JSON-able dict and
 with its checkpoint.
 """
 
+import functools
 import hashlib
 import math
 
@@ -102,12 +103,21 @@ def _padding_batch(kind, max_len, size) -> dict:
   return blank
 
 
-def _source(name, options, data_dir, split):
+def _source(name, options, data_dir, split) -> grain.MapDataset:
+  """The split's raw examples: a generated task's records, or a TFDS dataset's
+  records converted by the task (see registry.py) as they are read."""
+  task = registry.get_task(name)
   b = prepare_lib.prepare(name, options, data_dir)
   sources = b.as_data_source()
-  if split not in sources:
-    raise ValueError(f"task {name!r} has no split {split!r}; splits: {sorted(sources)}")
-  return sources[split]
+  ours = dict(task.splits) if task.splits is not None else {s: s for s in sources}
+  if split not in ours or ours[split] not in sources:
+    raise ValueError(f"task {name!r} has no split {split!r}; splits: "
+                     f"{sorted(s for s in ours if ours[s] in sources)}")
+  ds = grain.MapDataset.source(sources[ours[split]])
+  if task.convert is None:
+    return ds
+  resolved = registry.resolve_options(name, options)
+  return ds.map(functools.partial(task.convert, resolved))
 
 
 def train_iterator(name, options, *, data_dir, global_batch_size, max_len, seed,
@@ -124,7 +134,7 @@ def train_iterator(name, options, *, data_dir, global_batch_size, max_len, seed,
   index, count = _process(process_index, process_count)
   per_process = _per_process_batch(global_batch_size, count)
   shuffle_seed = _shuffle_seed(seed)
-  ds = grain.MapDataset.source(_source(name, options, data_dir, "train"))
+  ds = _source(name, options, data_dir, "train")
   ds = ds.shuffle(seed=shuffle_seed).repeat()  # repeat after shuffle: a new order each epoch
   ds = ds[index::count]
   ds = ds.map(lambda raw: example_features(raw, kind=kind, max_len=max_len))
@@ -173,7 +183,7 @@ def eval_batches(name, options, *, data_dir, global_batch_size, max_len, split="
   index, count = _process(process_index, process_count)
   per_process = _per_process_batch(global_batch_size, count)
   source = _source(name, options, data_dir, split)
-  ds = grain.MapDataset.source(source)[index::count]
+  ds = source[index::count]
   ds = ds.map(lambda raw: example_features(raw, kind=kind, max_len=max_len))
   return EvalBatches(ds, kind=kind, max_len=max_len, per_process=per_process,
                      num_batches=math.ceil(len(source) / global_batch_size),

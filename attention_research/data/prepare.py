@@ -47,17 +47,21 @@ def mirror_dir(data_dir):
   return os.path.join(os.path.expanduser(root), scheme, *rest.strip("/").split("/"))
 
 
-def builder(name, options, data_dir) -> tfds.core.GeneratorBasedBuilder:
-  """The task's TFDS builder for these options, without preparing it.
+def builder(name, options, data_dir) -> tfds.core.DatasetBuilder:
+  """The task's TFDS builder for these options, without preparing it: ours for a
+  generated task, the source dataset's for a task read from TFDS.
 
   data_dir None means TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets);
   a gs:// data_dir, this host's mirror of it (see the module docstring).
   """
   task = registry.get_task(name)
-  config = common.make_config(task.config, registry.resolve_options(name, options))
+  resolved = registry.resolve_options(name, options)
   data_dir = None if data_dir is None else os.fspath(data_dir)
   if data_dir is not None and not storage.is_local(data_dir):
     data_dir = mirror_dir(data_dir)
+  if task.source is not None:
+    return tfds.builder(task.source, data_dir=data_dir, file_format="array_record")
+  config = common.make_config(task.config, resolved)
   return task.builder(config=config, data_dir=data_dir, file_format="array_record")
 
 
@@ -75,6 +79,8 @@ def prepare(name, options, data_dir,
   """
   b = builder(name, options, data_dir)
   local = os.fspath(b.data_path)
+  if registry.get_task(name).source is not None:
+    return _read_only(name, options, b, data_dir, stale_after_s)
   if data_dir is None or storage.is_local(data_dir):
     _once(local, lambda: _generate(b), stale_after_s)
   elif not _is_prepared(local):
@@ -84,6 +90,31 @@ def prepare(name, options, data_dir,
     _once(local, lambda: _download(remote, local), stale_after_s)
   # A fresh builder reads the dataset's info from what was written.
   return builder(name, options, data_dir)
+
+
+def _read_only(name, options, b, data_dir, stale_after_s):
+  """The prepared source dataset of a task read from TFDS (a gs:// data_dir's
+  downloaded to the mirror first), or a ValueError saying how to prepare it."""
+  local = os.fspath(b.data_path)
+  where = b.data_path
+  if data_dir is not None and not storage.is_local(data_dir) and not _is_prepared(local):
+    where = storage.path(data_dir) / os.path.relpath(local, mirror_dir(data_dir))
+    if _is_prepared(where):
+      _once(local, lambda: _download(where, local), stale_after_s)
+  source = registry.get_task(name).source
+  dataset = source.split("/")[0].split(":")[0]
+  build = (f"tfds build {dataset} --file_format=array_record "
+           f"--data_dir={data_dir or '~/tensorflow_datasets'}")
+  if not _is_prepared(local):
+    raise ValueError(f"task {name!r} reads the TFDS dataset {source!r}, which is not in "
+                     f"{where}; nothing is downloaded at run time: on a machine with network "
+                     f"run `{build}` and copy that data_dir here")
+  fresh = builder(name, options, data_dir)  # reads the dataset's info from its files
+  if fresh.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+    raise ValueError(f"task {name!r}: the TFDS dataset {source!r} in {local} is stored as "
+                     f"{fresh.info.file_format.value}; this reads array_record (random "
+                     f"access, no TensorFlow): run `{build}`")
+  return fresh
 
 
 def _once(version_dir, make, stale_after_s):

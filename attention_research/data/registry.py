@@ -1,14 +1,22 @@
 """The task registry: every task, found by name, with its options and sizes.
 
-Each task is one file holding a TFDS builder (array_record files, no
-TensorFlow needed) whose BuilderConfig carries the task's options; the data
-is deterministic given the options (seed included). `prepare.py` generates a
-task into a data_dir, `pipeline.py` turns it into batches.
+A task says what its examples are (its kind: classification or lm, its
+options and sizes) apart from where its records come from, one of:
 
-Adding a task: write one file with a BuilderConfig (one field per option,
-with its default), `check_options`, `vocab_size`, `sequence_length`,
-`num_classes`, the builder and a `generate(options, split, index)` function,
-then add one `_register` line below.
+  generated  a TFDS builder of ours (array_record files, no TensorFlow
+             needed) whose BuilderConfig carries the options; the data is
+             deterministic given them (seed included), generated into the
+             data_dir on first use (prepare.py).
+  TFDS       an existing TFDS dataset (`SOURCE`, e.g. "imdb_reviews"),
+             prepared by the user in array_record files, never downloaded
+             here; the task's `convert(options, record)` makes each record
+             an example as it is read (pipeline.py).
+
+Adding a task: write one file with its options (a BuilderConfig, or a
+dataclass for a TFDS source: one field per option, with its default),
+`check_options`, `vocab_size`, `sequence_length`, `num_classes`, and either
+the builder and `generate(options, split, index)`, or `SOURCE`, `SPLITS`
+and `convert`; then add one `_register` line below.
 """
 
 import dataclasses
@@ -18,8 +26,10 @@ from typing import Any, Callable, Mapping, Optional
 from attention_research.data import common
 from attention_research.data import copying
 from attention_research.data import listops
+from attention_research.data import lra_text
 from attention_research.data import mqar
 from attention_research.data import order
+from attention_research.data import pathfinder
 
 KINDS = ("classification", "lm")
 
@@ -28,36 +38,50 @@ KINDS = ("classification", "lm")
 class Task:
   name: str
   kind: str                        # "classification" (targets [b]) or "lm" (targets [b, L])
-  builder: type                    # the tfds GeneratorBasedBuilder
-  config: type                     # its BuilderConfig: one field per option
+  config: type                     # one field per option: a BuilderConfig or a dataclass
   options: Mapping[str, Any]       # option name -> default (read-only)
   check_options: Callable          # full options dict -> validated dict, or ValueError
   vocab_size: Callable             # options -> int (0 is padding)
   sequence_length: Callable        # options -> int: tokens in the longest example
   num_classes: Callable            # options -> int, or None for "lm"
-  generate: Callable               # (options, split, index) -> one raw example
+  # Generated tasks:
+  builder: Optional[type] = None   # the tfds GeneratorBasedBuilder
+  generate: Optional[Callable] = None  # (options, split, index) -> one raw example
+  # Tasks read from an existing TFDS dataset:
+  source: Optional[str] = None     # its TFDS name, "name/config:version"
+  splits: Optional[Mapping[str, str]] = None  # our split -> the source's
+  convert: Optional[Callable] = None  # (options, record) -> one raw example
 
 
 _REGISTRY: dict[str, Task] = {}
 
 
-def _register(module, builder, config):
+def _register(module, config, builder=None):
   if module.KIND not in KINDS:
     raise ValueError(f"task {module.NAME!r}: kind must be one of {KINDS}, got {module.KIND!r}")
   if module.NAME in _REGISTRY:
     raise ValueError(f"task {module.NAME!r} is already registered")
+  if (builder is None) == (getattr(module, "SOURCE", None) is None):
+    raise ValueError(f"task {module.NAME!r}: give a builder (generated) or SOURCE (a TFDS "
+                     f"dataset), exactly one")
+  sourced = builder is None
   _REGISTRY[module.NAME] = Task(
-      name=module.NAME, kind=module.KIND, builder=builder, config=config,
+      name=module.NAME, kind=module.KIND, config=config,
       options=types.MappingProxyType(common.option_defaults(config)),
       check_options=module.check_options, vocab_size=module.vocab_size,
-      sequence_length=module.sequence_length,
-      num_classes=module.num_classes, generate=module.generate)
+      sequence_length=module.sequence_length, num_classes=module.num_classes,
+      builder=builder, generate=None if sourced else module.generate,
+      source=module.SOURCE if sourced else None,
+      splits=types.MappingProxyType(dict(module.SPLITS)) if sourced else None,
+      convert=module.convert if sourced else None)
 
 
-_register(listops, listops.ListOps, listops.ListOpsConfig)
-_register(mqar, mqar.MQAR, mqar.MQARConfig)
-_register(copying, copying.Copying, copying.CopyingConfig)
-_register(order, order.Order, order.OrderConfig)
+_register(listops, listops.ListOpsConfig, listops.ListOps)
+_register(mqar, mqar.MQARConfig, mqar.MQAR)
+_register(copying, copying.CopyingConfig, copying.Copying)
+_register(order, order.OrderConfig, order.Order)
+_register(pathfinder, pathfinder.PathfinderConfig, pathfinder.Pathfinder)
+_register(lra_text, lra_text.LRATextOptions)
 
 
 def names() -> list[str]:

@@ -13,6 +13,13 @@ Arguments (after the colon, comma-separated):
   scale=cpu|paper   cpu: lengths 32-512, a 2-layer encoder, a few minutes;
                     paper: LRA's setting (lengths 500-2000, 96k examples,
                     4 layers, d_model 512, 5k steps), for an accelerator.
+  form=brackets|lra brackets: "]" tokens kept (our form); lra: LRA's tokens
+                    (no "]"), and at scale=paper LRA's Transformer as
+                    lra_benchmarks/listops/configs/base_listops_config.py
+                    sets it: 6 layers, 8 heads, d_model 512, MLP 2048, a CLS
+                    token, batch 32, 5000 steps, learning rate 0.05 x linear
+                    warmup (1000 steps) x rsqrt decay (a peak of
+                    0.05 / sqrt(1000)), weight decay 0.1, length 2000.
   attention=<name>  any registered attention variant.
   pos=<name>        none | sinusoidal | learned | rope | alibi.
 """
@@ -21,8 +28,9 @@ from configs import common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, scale="cpu", attention="dense", pos="learned")
+  arg = common.parse_arg(arg, scale="cpu", form="brackets", attention="dense", pos="learned")
   common.one_of("scale", arg.scale, ("cpu", "paper"))
+  common.one_of("form", arg.form, ("brackets", "lra"))
   c = common.base_config()
   c.scale = arg.scale
   c.task = "listops"
@@ -48,5 +56,9 @@ def get_config(arg=None):
     c.learning_rate, c.weight_decay = 5e-2 / 512 ** 0.5, 0.1
     c.schedule = "rsqrt"
     c.log_every, c.eval_every, c.checkpoint_every = 100, 1000, 1000
+    if arg.form == "lra":
+      c.num_layers, c.mlp_dim, c.pooling = 6, 2048, "cls"
+      c.learning_rate = 0.05 / 1000 ** 0.5
+  c.task_options["form"] = arg.form
   c.attention_options = common.attention_options(c.attention, c.max_len)
   return c

@@ -1,0 +1,114 @@
+"""Long Range Arena's tasks read from existing TFDS datasets, on small fixtures written by
+TFDS's own builders (their `_split_generators` replaced, so nothing is downloaded): the
+records reach the batches as the task converts them, the trainer runs on them end to
+end, and a missing dataset is an error naming it, where it was looked for and the
+command that prepares it."""
+
+import json
+import os
+import subprocess
+import sys
+from unittest import mock
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from attention_research import data
+from tests import fake_gcs
+from tests.test_train import ROOT
+from tests.test_train import run_env
+
+REVIEWS = {
+    "train": [("A fine film. " * 40, 1), ("Dull.", 0), ("Ünïcode — 🎬 awful", 0),
+              ("Loved it", 1), ("meh " * 300, 0), ("Great cast, great score.", 1)],
+    "test": [("Not for me.", 0), ("Wonderful " * 120, 1), ("ok", 1)],
+}
+
+
+def write_tfds_fixture(name, data_dir, records):
+  """TFDS dataset `name` in array_record files under data_dir, holding `records`
+  ({split: [feature dict, ...]}), written by TFDS's own builder for it."""
+  b = tfds.builder(name, data_dir=os.fspath(data_dir), file_format="array_record")
+
+  def split_generators(self, dl_manager):
+    del self, dl_manager
+    return {split: ((i, r) for i, r in enumerate(rows)) for split, rows in records.items()}
+
+  with mock.patch.object(type(b), "_split_generators", split_generators):
+    b.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+
+
+@pytest.fixture(scope="module")
+def imdb_dir(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp("tfds")
+  write_tfds_fixture("imdb_reviews", data_dir,
+                     {split: [{"text": text, "label": label} for text, label in rows]
+                      for split, rows in REVIEWS.items()})
+  return data_dir
+
+
+def expected_tokens(text, max_len):
+  return np.frombuffer(text.encode("utf-8")[:max_len], np.uint8).astype(np.int32) + 1
+
+
+@pytest.mark.parametrize("max_len", [64, 4096])
+def test_text_batches_hold_each_reviews_bytes_cut_to_max_len(imdb_dir, max_len):
+  options = {"max_len": max_len}
+  batches = list(data.eval_batches("lra_text", options, data_dir=imdb_dir, global_batch_size=2,
+                                   max_len=max_len, process_index=0, process_count=1))
+  rows = [{k: v[i] for k, v in b.items()} for b in batches for i in range(2)]
+  assert len(batches) == 2 and not rows[-1]["example_mask"]  # 3 reviews, padded to 4
+  for row in rows[:3]:
+    n = int(row["input_mask"].sum())
+    assert row["input_mask"][:n].all() and not row["inputs"][n:].any()
+  # TFDS stores the records in an order of its own: compare them as a set.
+  got = sorted((tuple(r["inputs"][r["input_mask"]].tolist()), int(r["targets"])) for r in rows[:3])
+  assert got == sorted((tuple(expected_tokens(t, max_len).tolist()), l)
+                       for t, l in REVIEWS["test"])
+  train = data.train_iterator("lra_text", options, data_dir=imdb_dir, global_batch_size=6,
+                              max_len=max_len, seed=0, process_index=0, process_count=1)
+  batch = next(train)
+  seen = sorted((tuple(r[m].tolist()), int(t)) for r, m, t in
+                zip(batch["inputs"], batch["input_mask"], batch["targets"]))
+  assert seen == sorted((tuple(expected_tokens(t, max_len).tolist()), l)
+                        for t, l in REVIEWS["train"])  # one epoch: every review once
+
+
+def test_a_missing_dataset_names_itself_the_directory_and_the_command(tmp_path):
+  with pytest.raises(ValueError, match=(
+      r"task 'lra_text' reads the TFDS dataset 'imdb_reviews/plain_text:1.0.0', which is not "
+      rf"in {tmp_path}/imdb_reviews/plain_text/1.0.0; nothing is downloaded at run time: .*"
+      rf"`tfds build imdb_reviews --file_format=array_record --data_dir={tmp_path}`")):
+    data.prepare("lra_text", {}, tmp_path)
+
+
+def test_the_trainer_runs_on_the_text_task(imdb_dir, tmp_path):
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "experiments.train",
+             "--config=configs/tasks/lra_text.py:scale=cpu,length=128", f"--workdir={workdir}",
+             f"--config.data_dir={imdb_dir}", "--config.total_steps=4", "--config.log_every=2",
+             "--config.eval_every=4", "--config.checkpoint_every=4", "--config.batch_size=2",
+             "--config.num_layers=1", "--config.d_model=32", "--config.mlp_dim=64",
+             f"--jax_cache_dir={os.path.join(ROOT, 'tests', '.jax_cache')}"]
+  done = subprocess.run(command, cwd=ROOT, env=run_env(), capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.load(open(workdir / "result.json"))
+  assert result["status"] == "completed" and result["final_eval"]["num_targets"] == 3
+
+
+def test_a_gs_data_dir_is_downloaded_to_the_mirror(imdb_dir, tmp_path, monkeypatch):
+  server = fake_gcs.start()
+  try:
+    with mock.patch.dict(os.environ, server.env):
+      from attention_research import storage
+      bucket = "gs://fake-bucket/tfds"
+      storage.copy_files(imdb_dir / "imdb_reviews", f"{bucket}/imdb_reviews")
+      monkeypatch.setenv(data.MIRROR_ENV, str(tmp_path / "mirror"))
+      b = data.prepare("lra_text", {}, bucket)
+      assert os.fspath(b.data_path).startswith(os.fspath(tmp_path / "mirror"))
+      assert len(b.as_data_source()["test"]) == len(REVIEWS["test"])
+  finally:
+    server.stop()
