@@ -6,8 +6,11 @@ command that prepares it."""
 
 import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
+import tarfile
 from unittest import mock
 
 import numpy as np
@@ -112,3 +115,76 @@ def test_a_gs_data_dir_is_downloaded_to_the_mirror(imdb_dir, tmp_path, monkeypat
       assert len(b.as_data_source()["test"]) == len(REVIEWS["test"])
   finally:
     server.stop()
+
+
+def write_cifar_fixture(manual_dir, archive):
+  """CIFAR-10's python files (the layout of cifar-10-python.tar.gz: pickled dicts of
+  uint8 rows [n, 3072], red then green then blue, and labels), with random images:
+  2 a training batch, 3 in the test batch. Returns {file: (rows, labels)}."""
+  rng = np.random.default_rng(0)
+  names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+  batches = {name: (rng.integers(0, 256, (3 if name == "test_batch" else 2, 3072),
+                                 dtype=np.uint8), rng.integers(0, 10, 3).tolist())
+             for name in names}
+  batches = {name: (rows, labels[:len(rows)]) for name, (rows, labels) in batches.items()}
+  folder = manual_dir / "cifar-10-batches-py"
+  folder.mkdir(parents=True)
+  for name, (rows, labels) in batches.items():
+    with open(folder / name, "wb") as f:
+      pickle.dump({b"batch_label": name.encode(), b"data": rows, b"labels": labels}, f)
+  if archive:
+    with tarfile.open(manual_dir / "cifar-10-python.tar.gz", "w:gz") as tar:
+      tar.add(folder, arcname="cifar-10-batches-py")
+    shutil.rmtree(folder)
+  return batches
+
+
+def grey_reference(rows):
+  """tf.image.rgb_to_grayscale's weights, one pixel at a time, + 1 for padding."""
+  out = []
+  for row in rows:
+    r, g, b = (row[c * 1024:(c + 1) * 1024].astype(float) for c in range(3))
+    out.append([int(round(0.2989 * r[p] + 0.5870 * g[p] + 0.1140 * b[p])) + 1
+                for p in range(1024)])
+  return np.array(out)
+
+
+@pytest.mark.parametrize("archive", [False, True], ids=["folder", "archive"])
+def test_image_splits_hold_cifars_images_in_grey(tmp_path, archive):
+  batches = write_cifar_fixture(tmp_path / "downloads" / "manual", archive)
+  b = data.prepare("lra_image", {"num_train": 6}, tmp_path)
+  sources = b.as_data_source()
+  train_rows = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])
+  train_labels = sum((batches[f"data_batch_{i}"][1] for i in range(1, 6)), [])
+  want = {"train": (train_rows[:6], train_labels[:6]),
+          "validation": (train_rows[6:], train_labels[6:]),
+          "test": batches["test_batch"]}
+  for split, (rows, labels) in want.items():
+    got = sorted((tuple(e["inputs"].tolist()), int(e["label"])) for e in sources[split])
+    assert got == sorted(zip(map(tuple, grey_reference(rows).tolist()), labels)), split
+
+
+def test_missing_cifar_files_name_the_directory_and_the_download(tmp_path):
+  manual = tmp_path / "downloads" / "manual"
+  with pytest.raises(ValueError, match=(
+      rf"task 'lra_image' reads CIFAR-10's python files, found in neither "
+      rf"{manual}/cifar-10-python.tar.gz nor {manual}/cifar-10-batches-py; nothing is "
+      rf"downloaded at run time: download https://www.cs.toronto.edu/~kriz/"
+      rf"cifar-10-python.tar.gz on a machine with network and put it in {manual}")):
+    data.prepare("lra_image", {}, tmp_path)
+
+
+def test_the_trainer_runs_on_the_image_task(tmp_path):
+  write_cifar_fixture(tmp_path / "data" / "downloads" / "manual", archive=False)
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "experiments.train",
+             "--config=configs/tasks/lra_image.py:scale=cpu", f"--workdir={workdir}",
+             f"--config.data_dir={tmp_path / 'data'}", "--config.task_options.num_train=6",
+             "--config.total_steps=4", "--config.log_every=2", "--config.eval_every=4",
+             "--config.checkpoint_every=4", "--config.batch_size=2",
+             f"--jax_cache_dir={os.path.join(ROOT, 'tests', '.jax_cache')}"]
+  done = subprocess.run(command, cwd=ROOT, env=run_env(), capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.load(open(workdir / "result.json"))
+  assert result["status"] == "completed" and result["final_eval"]["num_targets"] == 3

@@ -79,13 +79,15 @@ def prepare(name, options, data_dir,
   """
   b = builder(name, options, data_dir)
   local = os.fspath(b.data_path)
-  if registry.get_task(name).source is not None:
+  task = registry.get_task(name)
+  if task.source is not None:
     return _read_only(name, options, b, data_dir, stale_after_s)
+  generate = lambda: _generate(b, task, manual_dir(data_dir))
   if data_dir is None or storage.is_local(data_dir):
-    _once(local, lambda: _generate(b), stale_after_s)
+    _once(local, generate, stale_after_s)
   elif not _is_prepared(local):
     remote = storage.path(data_dir) / os.path.relpath(local, mirror_dir(data_dir))
-    _once(os.fspath(remote), lambda: _generate_and_upload(b, remote, stale_after_s),
+    _once(os.fspath(remote), lambda: _generate_and_upload(b, generate, remote, stale_after_s),
           stale_after_s)
     _once(local, lambda: _download(remote, local), stale_after_s)
   # A fresh builder reads the dataset's info from what was written.
@@ -136,14 +138,26 @@ def _once(version_dir, make, stale_after_s):
     time.sleep(POLL_S)
 
 
-def _generate(b):
+def manual_dir(data_dir):
+  """Where a task built from downloaded files finds them: TFDS's manual
+  directory, `<data_dir>/downloads/manual` (a gs:// one is read as it is)."""
+  root = os.fspath(data_dir) if data_dir else os.environ.get("TFDS_DATA_DIR",
+                                                             "~/tensorflow_datasets")
+  root = root if "://" in root else os.path.expanduser(root)
+  return os.path.join(root, "downloads", "manual")
+
+
+def _generate(b, task, manual):
+  if task.check_manual is not None:
+    task.check_manual(manual)  # before TFDS's own, less helpful, assertion
   # Nothing is downloaded; try_download_gcs=False keeps TFDS off the network.
-  b.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  b.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      try_download_gcs=False, manual_dir=manual))
 
 
-def _generate_and_upload(b, remote, stale_after_s):
+def _generate_and_upload(b, generate, remote, stale_after_s):
   """Generates the dataset into this host's mirror (unless it is there) and uploads it."""
-  _once(os.fspath(b.data_path), lambda: _generate(b), stale_after_s)
+  _once(os.fspath(b.data_path), generate, stale_after_s)
   logging.info("uploading %s to %s", b.data_path, remote)
   storage.copy_files(b.data_path, remote, last=_DONE)
 

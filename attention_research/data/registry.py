@@ -7,6 +7,10 @@ options and sizes) apart from where its records come from, one of:
              needed) whose BuilderConfig carries the options; the data is
              deterministic given them (seed included), generated into the
              data_dir on first use (prepare.py).
+  manual     a TFDS builder of ours that reads files the user downloads
+             into the manual directory (`<data_dir>/downloads/manual`) on
+             first use (`check_manual` says which are missing and where to
+             get them).
   TFDS       an existing TFDS dataset (`SOURCE`, e.g. "imdb_reviews"),
              prepared by the user in array_record files, never downloaded
              here; the task's `convert(options, record)` makes each record
@@ -15,8 +19,8 @@ options and sizes) apart from where its records come from, one of:
 Adding a task: write one file with its options (a BuilderConfig, or a
 dataclass for a TFDS source: one field per option, with its default),
 `check_options`, `vocab_size`, `sequence_length`, `num_classes`, and either
-the builder and `generate(options, split, index)`, or `SOURCE`, `SPLITS`
-and `convert`; then add one `_register` line below.
+the builder (and `generate(options, split, index)`, or `check_manual`), or
+`SOURCE`, `SPLITS` and `convert`; then add one `_register` line below.
 """
 
 import dataclasses
@@ -26,6 +30,7 @@ from typing import Any, Callable, Mapping, Optional
 from attention_research.data import common
 from attention_research.data import copying
 from attention_research.data import listops
+from attention_research.data import lra_image
 from attention_research.data import lra_text
 from attention_research.data import mqar
 from attention_research.data import order
@@ -44,9 +49,11 @@ class Task:
   vocab_size: Callable             # options -> int (0 is padding)
   sequence_length: Callable        # options -> int: tokens in the longest example
   num_classes: Callable            # options -> int, or None for "lm"
-  # Generated tasks:
+  # Generated tasks (and tasks built from files the user downloads):
   builder: Optional[type] = None   # the tfds GeneratorBasedBuilder
   generate: Optional[Callable] = None  # (options, split, index) -> one raw example
+  check_manual: Optional[Callable] = None  # manual_dir -> None, or a ValueError saying
+                                           # which files to download (the builder reads them)
   # Tasks read from an existing TFDS dataset:
   source: Optional[str] = None     # its TFDS name, "name/config:version"
   splits: Optional[Mapping[str, str]] = None  # our split -> the source's
@@ -70,7 +77,8 @@ def _register(module, config, builder=None):
       options=types.MappingProxyType(common.option_defaults(config)),
       check_options=module.check_options, vocab_size=module.vocab_size,
       sequence_length=module.sequence_length, num_classes=module.num_classes,
-      builder=builder, generate=None if sourced else module.generate,
+      builder=builder, generate=None if sourced else getattr(module, "generate", None),
+      check_manual=getattr(module, "check_manual", None),
       source=module.SOURCE if sourced else None,
       splits=types.MappingProxyType(dict(module.SPLITS)) if sourced else None,
       convert=module.convert if sourced else None)
@@ -82,6 +90,7 @@ _register(copying, copying.CopyingConfig, copying.Copying)
 _register(order, order.OrderConfig, order.Order)
 _register(pathfinder, pathfinder.PathfinderConfig, pathfinder.Pathfinder)
 _register(lra_text, lra_text.LRATextOptions)
+_register(lra_image, lra_image.LRAImageConfig, lra_image.LRAImage)
 
 
 def names() -> list[str]:
