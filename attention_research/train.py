@@ -54,9 +54,9 @@ from attention_research import sharding
 from attention_research import storage
 
 SCHEDULES = ("cosine", "rsqrt", "constant")
-# Which models fit which task kind (no generated task is a pair task yet, so
-# the dual encoder has none).
-MODELS_FOR_KIND = {"classification": ("classifier",), "lm": ("decoder",)}
+# Which models fit which task kind.
+MODELS_FOR_KIND = {"classification": ("classifier",), "lm": ("decoder",),
+                   "pair": ("dual_encoder",)}
 # Fields a resumed run may change: they decide how long and how often, not
 # what is trained.
 RESUMABLE_CHANGES = ("total_steps", "log_every", "eval_every", "checkpoint_every",
@@ -111,6 +111,10 @@ def validate_config(config, num_devices):
   if config.model not in allowed_models:
     raise ValueError(f"config.model={config.model!r} cannot train on task {config.task!r} "
                      f"({kind}); allowed: {list(allowed_models)}")
+  if kind == "pair" and config.mesh.context not in (1,):
+    # Its rows hold two sequences: the context axis would split the pair, not the sequence.
+    raise ValueError(f"config.mesh.context={config.mesh.context}: task {config.task!r} holds "
+                     f"two sequences a row (the dual encoder); allowed: 1")
   profile_window(config)
   if config.schedule not in SCHEDULES:
     raise ValueError(f"config.schedule: unknown schedule {config.schedule!r}; "
@@ -184,7 +188,7 @@ def make_optimizer(config, schedule):
 
 def loss_and_metrics(logits, batch, kind):
   """Summed cross-entropy, correct predictions and count over real targets."""
-  if kind == "classification":
+  if kind in ("classification", "pair"):
     weights = batch["example_mask"].astype(jnp.float32)
   else:
     weights = (batch["target_mask"] & batch["example_mask"][:, None]).astype(jnp.float32)

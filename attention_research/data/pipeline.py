@@ -2,8 +2,9 @@
 
 Every batch is a dict of NumPy arrays, b = this process's batch size:
   inputs        int32 [b, max_len]   token ids, 0 = padding; longer examples are cut
-  input_mask    bool  [b, max_len]   True on real tokens
-  targets       int32 [b] (classification) or [b, max_len] (lm, next tokens)
+                                     ([b, 2, max_len] for a pair task: its two sequences)
+  input_mask    bool  [b, max_len]   True on real tokens (pair: [b, 2, max_len])
+  targets       int32 [b] (classification, pair) or [b, max_len] (lm, next tokens)
   target_mask   bool  [b, max_len]   lm only: True where the loss counts
   example_mask  bool  [b]            True = a real example, False = eval padding
 
@@ -76,6 +77,14 @@ def _shuffle_seed(seed) -> int:
 
 def example_features(raw, *, kind, max_len) -> dict:
   """One stored example -> the batch layout above, padded or cut to max_len."""
+  if kind == "pair":  # two sequences a row: [2, max_len]
+    out = {"inputs": np.zeros((2, max_len), np.int32), "input_mask": np.zeros((2, max_len), bool),
+           "example_mask": np.bool_(True), "targets": np.int32(raw["label"])}
+    for row, field in enumerate(("inputs1", "inputs2")):
+      tokens = np.asarray(raw[field], np.int32)[:max_len]
+      out["inputs"][row, :len(tokens)] = tokens
+      out["input_mask"][row, :len(tokens)] = True
+    return out
   tokens = np.asarray(raw["inputs"], np.int32)[:max_len]
   n = len(tokens)
   out = {"inputs": np.zeros(max_len, np.int32), "input_mask": np.arange(max_len) < n,
@@ -92,10 +101,10 @@ def example_features(raw, *, kind, max_len) -> dict:
 
 
 def _padding_batch(kind, max_len, size) -> dict:
-  blank = {"inputs": np.zeros((size, max_len), np.int32),
-           "input_mask": np.zeros((size, max_len), bool),
+  rows = (size, 2, max_len) if kind == "pair" else (size, max_len)
+  blank = {"inputs": np.zeros(rows, np.int32), "input_mask": np.zeros(rows, bool),
            "example_mask": np.zeros(size, bool)}
-  if kind == "classification":
+  if kind in ("classification", "pair"):
     blank["targets"] = np.zeros(size, np.int32)
   else:
     blank["targets"] = np.zeros((size, max_len), np.int32)

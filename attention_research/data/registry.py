@@ -1,7 +1,7 @@
 """The task registry: every task, found by name, with its options and sizes.
 
-A task says what its examples are (its kind: classification or lm, its
-options and sizes) apart from where its records come from, one of:
+A task says what its examples are (its kind: classification, lm or pair,
+its options and sizes) apart from where its records come from, one of:
 
   generated  a TFDS builder of ours (array_record files, no TensorFlow
              needed) whose BuilderConfig carries the options; the data is
@@ -31,18 +31,20 @@ from attention_research.data import common
 from attention_research.data import copying
 from attention_research.data import listops
 from attention_research.data import lra_image
+from attention_research.data import lra_retrieval
 from attention_research.data import lra_text
 from attention_research.data import mqar
 from attention_research.data import order
 from attention_research.data import pathfinder
 
-KINDS = ("classification", "lm")
+KINDS = ("classification", "lm", "pair")
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
   name: str
-  kind: str                        # "classification" (targets [b]) or "lm" (targets [b, L])
+  kind: str                        # "classification" (targets [b]), "lm" (targets [b, L])
+                                   # or "pair" (two sequences a row, targets [b])
   config: type                     # one field per option: a BuilderConfig or a dataclass
   options: Mapping[str, Any]       # option name -> default (read-only)
   check_options: Callable          # full options dict -> validated dict, or ValueError
@@ -91,6 +93,7 @@ _register(order, order.OrderConfig, order.Order)
 _register(pathfinder, pathfinder.PathfinderConfig, pathfinder.Pathfinder)
 _register(lra_text, lra_text.LRATextOptions)
 _register(lra_image, lra_image.LRAImageConfig, lra_image.LRAImage)
+_register(lra_retrieval, lra_retrieval.LRARetrievalConfig, lra_retrieval.LRARetrieval)
 
 
 def names() -> list[str]:
