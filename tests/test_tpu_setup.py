@@ -63,7 +63,7 @@ elif args[3] == "ssh":
     print(f"ERROR: worker {worker} could not install jax[tpu]", file=sys.stderr)
     sys.exit(int(os.environ.get("STUB_FAIL_CODE", "1")))
   elif "exec" in command and os.environ.get("STUB_RUN_UNTIL_STOPPED"):
-    deadline = time.time() + 20
+    deadline = time.time() + 120  # longer than any wait of the test's: only a stop ends it
     while not os.path.exists(stopped) and time.time() < deadline:
       time.sleep(0.05)
     print(f"worker {worker}: checkpointed, pre-empted")
@@ -349,11 +349,14 @@ def test_run_stop_sends_sigterm_to_every_worker(tmp_path):
 def test_ctrl_c_stops_the_run_on_every_worker_and_waits_for_it(tmp_path):
   tpu = Tpu(tmp_path, workers=2)
   running = tpu.start("run", "--", *SWEEP, STUB_RUN_UNTIL_STOPPED="1")
-  deadline = time.time() + 20
+  # Both workers' experiments started (a loaded CI machine may take seconds), and the
+  # script still running, before the Ctrl-C.
+  deadline = time.time() + 60
   while tpu.calls_file.read_text().count('"ssh"') < 2 and time.time() < deadline:
     time.sleep(0.05)
+  assert tpu.calls_file.read_text().count('"ssh"') == 2 and running.poll() is None
   running.send_signal(signal.SIGINT)
-  _, stderr = running.communicate(timeout=30)
+  _, stderr = running.communicate(timeout=150)
   assert running.returncode == 75, stderr  # the workers checkpointed and exited 75
   assert "stopping the experiment on every worker" in stderr
   assert_calls(tpu.calls(), [
