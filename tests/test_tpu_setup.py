@@ -118,6 +118,11 @@ def assert_calls(calls, expected):
   assert got == [tuple(sorted(e)) if isinstance(e, tuple) else e for e in expected]
 
 
+AS_FROM_A_TERMINAL = ("import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); "
+                      "signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                      "os.execv(sys.argv[1], sys.argv[1:])")
+
+
 class Tpu:
   """The scripts, the stub gcloud and one settings file, all in tmp_path."""
 
@@ -150,12 +155,12 @@ class Tpu:
     test failed in full fresh-clone runs only, its SIGINT never reaching the trap), and a
     child inherits an ignored or blocked signal, which bash then cannot trap."""
     self.calls_file.write_text("")
-    def as_from_a_terminal():
-      signal.pthread_sigmask(signal.SIG_SETMASK, [])
-      signal.signal(signal.SIGINT, signal.SIG_DFL)
-    return subprocess.Popen([os.path.join(REPO, "tpu_setup", script), *args], cwd=self.dir,
+    # Through a small exec, not preexec_fn: a fork in this multithreaded (JAX) process
+    # may deadlock. The pid stays the script's.
+    return subprocess.Popen([sys.executable, "-c", AS_FROM_A_TERMINAL,
+                             os.path.join(REPO, "tpu_setup", script), *args], cwd=self.dir,
                             env=dict(self.env, **env), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
+                            stderr=subprocess.PIPE, text=True)
 
   def run(self, script, *args, **env):
     """The finished script: returncode, stdout, stderr, and calls (the gcloud calls it made)."""
