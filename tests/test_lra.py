@@ -44,6 +44,19 @@ def write_tfds_fixture(name, data_dir, records):
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
 
 
+def train_briefly(config, workdir, data_dir, *flags):
+  """experiments.train for 4 steps of 2 examples on a task's config; its result.json."""
+  command = [sys.executable, "-m", "experiments.train", f"--config={config}",
+             f"--workdir={workdir}", f"--config.data_dir={data_dir}", "--config.total_steps=4",
+             "--config.log_every=2", "--config.eval_every=4", "--config.checkpoint_every=4",
+             "--config.batch_size=2", *flags,
+             f"--jax_cache_dir={os.path.join(ROOT, 'tests', '.jax_cache')}"]
+  done = subprocess.run(command, cwd=ROOT, env=run_env(), capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return json.load(open(workdir / "result.json"))
+
+
 @pytest.fixture(scope="module")
 def imdb_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
@@ -89,17 +102,9 @@ def test_a_missing_dataset_names_itself_the_directory_and_the_command(tmp_path):
 
 
 def test_the_trainer_runs_on_the_text_task(imdb_dir, tmp_path):
-  workdir = tmp_path / "run"
-  command = [sys.executable, "-m", "experiments.train",
-             "--config=configs/tasks/lra_text.py:scale=cpu,length=128", f"--workdir={workdir}",
-             f"--config.data_dir={imdb_dir}", "--config.total_steps=4", "--config.log_every=2",
-             "--config.eval_every=4", "--config.checkpoint_every=4", "--config.batch_size=2",
-             "--config.num_layers=1", "--config.d_model=32", "--config.mlp_dim=64",
-             f"--jax_cache_dir={os.path.join(ROOT, 'tests', '.jax_cache')}"]
-  done = subprocess.run(command, cwd=ROOT, env=run_env(), capture_output=True, text=True,
-                        timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
-  result = json.load(open(workdir / "result.json"))
+  result = train_briefly("configs/tasks/lra_text.py:scale=cpu,length=128", tmp_path / "run",
+                         imdb_dir, "--config.num_layers=1", "--config.d_model=32",
+                         "--config.mlp_dim=64")
   assert result["status"] == "completed" and result["final_eval"]["num_targets"] == 3
 
 
@@ -177,17 +182,8 @@ def test_missing_cifar_files_name_the_directory_and_the_download(tmp_path):
 
 def test_the_trainer_runs_on_the_image_task(tmp_path):
   write_cifar_fixture(tmp_path / "data" / "downloads" / "manual", archive=False)
-  workdir = tmp_path / "run"
-  command = [sys.executable, "-m", "experiments.train",
-             "--config=configs/tasks/lra_image.py:scale=cpu", f"--workdir={workdir}",
-             f"--config.data_dir={tmp_path / 'data'}", "--config.task_options.num_train=6",
-             "--config.total_steps=4", "--config.log_every=2", "--config.eval_every=4",
-             "--config.checkpoint_every=4", "--config.batch_size=2",
-             f"--jax_cache_dir={os.path.join(ROOT, 'tests', '.jax_cache')}"]
-  done = subprocess.run(command, cwd=ROOT, env=run_env(), capture_output=True, text=True,
-                        timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
-  result = json.load(open(workdir / "result.json"))
+  result = train_briefly("configs/tasks/lra_image.py:scale=cpu", tmp_path / "run",
+                         tmp_path / "data", "--config.task_options.num_train=6")
   assert result["status"] == "completed" and result["final_eval"]["num_targets"] == 3
 
 
@@ -238,19 +234,10 @@ def test_missing_pairs_name_the_files_and_the_release(tmp_path):
 
 def test_the_trainer_runs_the_dual_encoder_on_retrieval(tmp_path):
   write_aan_fixture(tmp_path / "data" / "downloads" / "manual")
-  workdir = tmp_path / "run"
-  command = [sys.executable, "-m", "experiments.train",
-             "--config=configs/tasks/lra_retrieval.py:scale=cpu", f"--workdir={workdir}",
-             f"--config.data_dir={tmp_path / 'data'}", "--config.max_len=128",
-             "--config.task_options.max_len=128", "--config.total_steps=4",
-             "--config.log_every=2", "--config.eval_every=4", "--config.checkpoint_every=4",
-             "--config.batch_size=2", "--config.num_layers=1", "--config.d_model=32",
-             "--config.mlp_dim=64",
-             f"--jax_cache_dir={os.path.join(ROOT, 'tests', '.jax_cache')}"]
-  done = subprocess.run(command, cwd=ROOT, env=run_env(), capture_output=True, text=True,
-                        timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
-  result = json.load(open(workdir / "result.json"))
+  result = train_briefly("configs/tasks/lra_retrieval.py:scale=cpu", tmp_path / "run",
+                         tmp_path / "data", "--config.max_len=128",
+                         "--config.task_options.max_len=128", "--config.num_layers=1",
+                         "--config.d_model=32", "--config.mlp_dim=64")
   assert result["status"] == "completed" and result["final_eval"]["num_targets"] == 2
 
 

@@ -105,6 +105,13 @@ def make_config(config_cls, options):
   return config_cls(name=config_name(ordered), **ordered)
 
 
+def byte_tokens(data, max_len) -> np.ndarray:
+  """Text (str, as UTF-8) or bytes as tokens int32 [<= max_len]: each byte + 1, so 0
+  stays padding (tfds ByteTextEncoder's ids, as Long Range Arena reads text)."""
+  data = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+  return np.frombuffer(data[:max_len], np.uint8).astype(np.int32) + 1
+
+
 def lm_features():
   """An LM example: next-token targets, and where the loss counts."""
   return tfds.features.FeaturesDict({

@@ -72,8 +72,7 @@ def check_manual(manual_dir):
 
 def tokens(text, max_len) -> np.ndarray:
   """A document's tokens: its first 10,000 characters' UTF-8 bytes, cut to max_len, + 1."""
-  data = text[:_CHARS].encode("utf-8")[:max_len]
-  return np.frombuffer(data, np.uint8).astype(np.int32) + 1
+  return common.byte_tokens(text[:_CHARS], max_len)
 
 
 def read_pairs(path):

@@ -18,8 +18,6 @@ copied or uploaded (a gs:// data_dir) to where training runs.
 
 import dataclasses
 
-import numpy as np
-
 from attention_research.data import common
 
 NAME = "lra_text"
@@ -54,7 +52,5 @@ def num_classes(options) -> int:
 
 def convert(options, record) -> dict:
   """One `imdb_reviews` record -> {"inputs": int32 [<= max_len] bytes + 1, "label": 0 or 1}."""
-  text = record["text"]
-  text = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-  tokens = np.frombuffer(text[:options["max_len"]], np.uint8).astype(np.int32) + 1
-  return {"inputs": tokens, "label": int(record["label"])}
+  return {"inputs": common.byte_tokens(record["text"], options["max_len"]),
+          "label": int(record["label"])}

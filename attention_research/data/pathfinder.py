@@ -136,10 +136,9 @@ def _draw(options, rng, label):
   image = np.zeros((size, size), np.uint8)
   ends = []
   for _ in range(2 + options["num_distractors"]):
-    contour = _place(options, rng, taken)
-    if contour is None:
+    points = _place(options, rng, taken)
+    if points is None:
       return None
-    points = contour
     image[points[:, 0], points[:, 1]] = ON
     drawn = np.zeros((size, size), bool)
     drawn[points[:, 0], points[:, 1]] = True
