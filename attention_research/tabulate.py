@@ -72,7 +72,7 @@ def csv_table(header, rows, lineterminator="\n") -> str:
 
 _LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                    "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                   "^": r"\textasciicircum{}"}
+                   "^": r"\textasciicircum{}", "±": r"$\pm$"}
 
 
 def latex_escape(text) -> str:

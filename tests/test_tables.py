@@ -103,12 +103,12 @@ EXPECTED_MARKDOWN = f"""\
 |:---|---:|---:|---:|---:|
 | 1 | 0.500 | 0.250 | 5.29 | 24.9 |
 | 4 | diverged |  |  |  |
-| 8 | 0.906 (n=2) | failed | 4.91 | 25.8 |
+| 8 | 0.906 ± 0.397 (n=2) | failed | 4.91 | 25.8 |
 | 2 | 0.625 (n=1; 1 diverged) | 0.125 |  |  |
 | 16 |  |  | 4.88 | 25.8 |
 
-*(n=k): the mean over the cell's k completed trials (or, after a status, the k trials that \
-ended so).*
+*(n=k): over the cell's k completed trials (or, after a status, the k trials that ended \
+so); mean ± the half-width of its 95% interval (Student's t).*
 
 **copy_loss**: Eval loss on copy.
 
@@ -124,7 +124,7 @@ EXPECTED_CSV = f"""\
 num_heads,task=order,task=copy,"{PUB}: PPL (dev)","{PUB}: BLEU (dev)"
 1,0.500,0.250,5.29,24.9
 4,diverged,,,
-8,0.906 (n=2),failed,4.91,25.8
+8,0.906 ± 0.397 (n=2),failed,4.91,25.8
 2,0.625 (n=1; 1 diverged),0.125,,
 16,,,4.88,25.8
 
@@ -152,15 +152,15 @@ def test_latex_has_caption_label_and_separate_published_columns(workdir):
   text = tables.render(workdir, "latex")
   heads = text.split("\n\n")[0]
   assert r"\begin{table}[t]" in heads and r"\end{table}" in heads
-  assert (r"\caption{Eval accuracy by heads (synthetic tasks stand in for WMT). (n=k): the mean "
-          r"over the cell's k completed trials (or, after a status, the k trials that ended "
-          r"so).}") in heads
+  assert (r"\caption{Eval accuracy by heads (synthetic tasks stand in for WMT). (n=k): over the "
+          r"cell's k completed trials (or, after a status, the k trials that ended so); mean "
+          r"$\pm$ the half-width of its 95\% interval (Student's t).}") in heads
   assert r"\label{tab:heads}" in heads
   # Our three columns, a rule, then the paper's two.
   assert r"\begin{tabular}{lrr|rr}" in heads
   assert (rf"num\_heads & task=order & task=copy & {PUB}: PPL (dev) & {PUB}: BLEU (dev) \\"
           in heads)
-  assert r"8 & 0.906 (n=2) & failed & 4.91 & 25.8 \\" in heads
+  assert r"8 & 0.906 $\pm$ 0.397 (n=2) & failed & 4.91 & 25.8 \\" in heads
   assert r"16 &  &  & 4.88 & 25.8 \\" in heads
   assert r"\caption{Eval loss on copy.}" in text and r"\begin{tabular}{lr}" in text
 
@@ -185,8 +185,11 @@ def test_cell_mean_and_status_counts():
   values = [0.1, 0.2, 0.4]
   results = {str(i): _result("completed", v, 1.0) for i, v in enumerate(values)}
   results["3"], results["4"] = _result("failed", 0, 0), _result("failed", 0, 0)
+  # (0.1 + 0.2 + 0.4) / 3, by hand; the sample std is sqrt(0.0466667 / 2) = 0.1527525,
+  # and t(0.975, 2 degrees of freedom) = 4.302653 (a t table): 4.302653 * 0.1527525 /
+  # sqrt(3) = 0.379458.
   assert tables._cell(trials, results, "final_eval.accuracy", "{:.6f}") == (
-      "0.233333 (n=3; 2 failed)")  # (0.1 + 0.2 + 0.4) / 3, by hand
+      "0.233333 ± 0.379458 (n=3; 2 failed)")
   assert tables._cell(trials[3:], results, "final_eval.accuracy", "{:.6f}") == "failed (n=2)"
   results["0"]["final_eval"]["accuracy"] = None  # e.g. a backend that reports no memory
   assert tables._cell(trials[:1], results, "final_eval.accuracy", "{:.6f}") == "n/a"
@@ -463,3 +466,63 @@ def test_fields_may_be_products_or_ratios_of_two_fields():
           if tables._in_table(t, ["num_heads"], {"num_heads*head_dim": 64})]
   assert kept == [{"num_heads": 1, "head_dim": 64}, {"num_heads": 8, "head_dim": 8},
                   {"num_heads": 32, "head_dim": 2}]
+
+
+def test_named_columns_and_the_average_over_them(tmp_path):
+  """LRA's Table 1: a column per benchmark (one task at two image sizes is two columns),
+  seeds per cell, and an Avg column whose interval is over per-seed averages."""
+  def trial(attention, task, seed, accuracy, **options):
+    overrides = {"attention": attention, "task": task, "seed": seed}
+    if options:
+      overrides["task_options"] = options
+    return overrides, _result("completed", accuracy, 1.0)
+  trials = [
+      trial("dense", "listops", 0, 0.25), trial("dense", "listops", 1, 0.375),
+      trial("dense", "listops", 2, 0.5),
+      trial("dense", "pathfinder", 0, 0.75, image_size=16),
+      trial("dense", "pathfinder", 1, 0.625, image_size=16),
+      trial("dense", "pathfinder", 2, 1.0, image_size=16),
+      trial("dense", "pathfinder", 0, 0.5, image_size=128),     # Path-X: its own column
+      trial("local", "listops", 0, 0.125), trial("local", "listops", 1, 0.25),
+      trial("local", "pathfinder", 0, 0.5, image_size=16),
+      trial("local", "pathfinder", 2, 0.75, image_size=16),     # seeds differ: no interval
+      trial("linear", "listops", 0, 0.5),                       # no pathfinder: Avg blank
+      trial("dense", "copy", 0, 0.5),                           # in no column: left out
+  ]
+  spec = {"name": "lra", "rows": ["attention"], "average": "Avg", "format": "{:.2f}",
+          "scale": 100, "metric": "final_eval.accuracy",
+          "columns": {"ListOps": {"task": "listops"},
+                      "Pathfinder": {"task": "pathfinder", "task_options.image_size": 16},
+                      "Path-X": {"task": "pathfinder", "task_options.image_size": 128},
+                      "Text": {"task": "lra_text"}},
+          "published": {"source": "LRA", "columns": ["Avg"], "rows": {"Reformer": [50.67]}}}
+  text = tables.render(make_workdir(tmp_path / "s", trials, [spec]), fmt="csv")
+  header, dense, local, linear, reformer = text.split("\n")[:5]
+  assert header == "attention,ListOps,Pathfinder,Path-X,Text,Avg,LRA: Avg"
+  # By hand: listops 0.25, 0.375, 0.5 have mean 0.375 and std 0.125; t(0.975, 2) =
+  # 4.302653, so the half-width is 4.302653 * 0.125 / sqrt(3) = 0.310521 (31.05%).
+  # pathfinder 0.75, 0.625, 1.0: mean 0.791667, std 0.190941, half 0.474324.
+  # The Avg is over every named column: blank while Text has not run.
+  assert dense == "dense,37.50 ± 31.05 (n=3),79.17 ± 47.43 (n=3),50.00,,,"
+  assert local == "local,18.75 ± 79.41 (n=2),62.50 ± 158.83 (n=2),,,,"
+  assert linear == "linear,50.00,,,,,"
+  assert reformer == "Reformer,,,,,,50.67"
+
+  # Only the columns that ran (ListOps and Pathfinder): the Avg of the column means,
+  # with an interval over the per-seed averages (0.5, 0.5, 0.75) where the seeds match.
+  two = spec | {"columns": {k: spec["columns"][k] for k in ("ListOps", "Pathfinder")}}
+  text = tables.render(make_workdir(tmp_path / "t", trials, [two]), fmt="csv")
+  dense, local = text.split("\n")[1:3]
+  # (0.375 + 0.791667) / 2 = 0.583333; per seed (0.5, 0.5, 0.75): std 0.144338, half
+  # 4.302653 * 0.144338 / sqrt(3) = 0.358554.
+  assert dense.endswith(",58.33 ± 35.86 (n=3),")
+  # local ran seeds 0, 1 and 0, 2: the Avg (0.1875 + 0.625) / 2 has no interval.
+  assert local.endswith(",40.62 (n=2),")
+
+  listed = [{"overrides": o} for o, _ in trials]
+  with pytest.raises(ValueError, match=r"named `columns` map a header to the overrides"):
+    tables.check_spec(spec | {"columns": {"ListOps": "listops"}}, listed)
+  with pytest.raises(ValueError, match=r"column 'Text': field 'task_name' is in no trial"):
+    tables.check_spec(spec | {"columns": {"Text": {"task_name": "x"}}}, listed)
+  with pytest.raises(ValueError, match=r"`average` needs `columns`"):
+    tables.check_spec(spec | {"relative_to": {"attention": "dense"}}, listed)

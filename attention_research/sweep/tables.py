@@ -10,7 +10,14 @@ DIR/trials/<id>/result.json. A table spec (a JSON-able dict):
     {"name": "table3_heads",               # file stem: table3_heads.md, table3_heads_0.png
      "caption": "...",                     # says when the task differs from the paper's
      "rows": ["num_heads"],                # override fields keying the rows
-     "columns": ["task"],                  # ... and the columns; [] = one metric column
+     "columns": ["task"],                  # ... and the columns; [] = one metric column;
+                                           # or named columns, each the overrides that put
+                                           # a trial in it (the first that matches):
+                                           #   {"ListOps": {"task": "listops"},
+                                           #    "Path-X": {"task": "pathfinder",
+                                           #               "task_options.image_size": 128}}
+     "average": "Avg",                     # optional: a column of the mean over our
+                                           # columns (LRA's Avg); blank until all have run
      "metric": "final_eval.accuracy",      # dotted path into result.json
      "metric_label": "eval accuracy",      # optional (default: the metric path)
      "format": "{:.3f}",                   # optional (default "{:.4g}")
@@ -42,12 +49,19 @@ is "field=value" (joined by ", ").
 What a cell shows:
   blank              no trial in the cell has a result.json yet (not run, or running)
   0.912              the one completed trial's metric
-  0.912 (n=3)        the mean over the cell's 3 completed trials (seeds, say)
-  0.912 (n=2; 1 diverged)   some trials of the cell did not complete
+  0.912 ± 0.021 (n=3)   the mean over the cell's 3 completed trials (seeds, say) and
+                     the half-width of its 95% interval (Student's t, n - 1 degrees
+                     of freedom: t * sample std / sqrt(n))
+  0.912 (n=1; 1 diverged)   some trials of the cell did not complete
   diverged, failed   no trial of the cell completed: their status (with (n=k) if k > 1)
   n/a                the completed trial's result has the metric, but as null
   n/a (reference failed)   with relative_to: the reference row's cell ended without a
                      value (blank while it has not run)
+
+With relative_to, a cell is the ratio of the two means, without an interval.
+An average cell is the mean of the row's column means; its interval is over
+per-seed averages, when every column of the row ran the same seeds (the
+trials' "seed" override), else it has none.
 
 Published figures sit in their own columns headed "<source>: <column>",
 never mixed with ours; our rows the paper lacks are blank there, and rows
@@ -55,7 +69,8 @@ only the paper has come after ours, blank in our columns.
 
 Plots (Agg backend, no display needed) skip trials without a completed
 result. "line" plots the mean y at each x per series (a non-numeric x, e.g.
-positional encoding names, is spaced evenly in first-appearance order).
+positional encoding names, is spaced evenly in first-appearance order), with
+error bars of the same 95% interval where an x has several trials.
 "loglog_slope" draws log-log axes and fits log y = a + b log x by least
 squares per series over every point (`tabulate.loglog_fit`, the benchmark's
 fit too), with "slope b" in the legend: the exponent of time or memory in
@@ -71,14 +86,16 @@ import math
 import os
 
 import numpy as np
+from scipy import stats
 
 from attention_research import storage
 from attention_research import tabulate
 
 FORMATS = {"markdown": "md", "latex": "tex", "csv": "csv"}
 PLOT_KINDS = ("line", "loglog_slope")
-_TABLE_KEYS = ("name", "caption", "rows", "columns", "metric", "metric_label", "format",
-               "scale", "filters", "relative_to", "published", "plots")
+_TABLE_KEYS = ("name", "caption", "rows", "columns", "average", "metric", "metric_label",
+               "format", "scale", "filters", "relative_to", "published", "plots")
+CONFIDENCE = 0.95
 _PLOT_KEYS = ("kind", "x", "y", "series", "logx", "logy", "title")
 _MISSING = object()   # a field or key that is not there
 _REQUIRED = object()  # field_value without a default: raise
@@ -274,13 +291,32 @@ def check_spec(spec, trials):
   if len(metrics) > 1 and spec.get("columns"):
     raise ValueError(f"table {name!r}: several metrics need `columns: []` (they are the "
                      f"columns); got columns {spec['columns']}")
+  columns = spec.get("columns", [])
+  if isinstance(columns, dict):
+    for header, column_filters in columns.items():
+      if not isinstance(header, str) or not isinstance(column_filters, dict):
+        raise ValueError(f"table {name!r}: named `columns` map a header to the overrides "
+                         f"that select its trials, e.g. {{'ListOps': {{'task': 'listops'}}}}; "
+                         f"got {header!r}: {column_filters!r:.200}")
+      _check_fields(list(column_filters), trials, f"table {name!r} column {header!r}")
+  elif not isinstance(columns, (list, tuple)):
+    raise ValueError(f"table {name!r}: `columns` must be a list of override fields or a dict "
+                     f"of named columns, got {columns!r:.200}")
+  average = spec.get("average")
+  if average is not None:
+    if not isinstance(average, str) or not average:
+      raise ValueError(f"table {name!r}: `average` is the average column's header, a "
+                       f"non-empty string, got {average!r}")
+    if not columns or spec.get("relative_to"):
+      raise ValueError(f"table {name!r}: `average` needs `columns` to average over and no "
+                       f"`relative_to`")
   for _, _, fmt, _ in metrics:
     try:
       fmt.format(1.0)
     except (ValueError, IndexError, KeyError) as e:
       raise ValueError(f"table {name!r}: `format` {fmt!r} cannot format a number "
                        f"({e}); e.g. '{{:.3f}}'") from e
-  _check_fields(list(spec["rows"]) + list(spec.get("columns", [])), trials, f"table {name!r}")
+  _check_fields(list(spec["rows"]) + _column_fields(spec), trials, f"table {name!r}")
   _check_fields(list(spec.get("filters", {})), trials, f"table {name!r} `filters`")
   relative_to = spec.get("relative_to", {})
   if not isinstance(relative_to, dict) or not set(relative_to) <= set(spec["rows"]):
@@ -304,6 +340,20 @@ def check_spec(spec, trials):
     _check_plot(spec, plot_spec, i, trials)
 
 
+def _column_fields(spec):
+  """The override fields whose values make the columns ([] for named columns)."""
+  columns = spec.get("columns", [])
+  return [] if isinstance(columns, dict) else list(columns)
+
+
+def _named_column(trial, columns):
+  """The header of the first named column whose overrides the trial has, or None."""
+  for header, column_filters in columns.items():
+    if all(field_value(trial["overrides"], f, _MISSING) == v for f, v in column_filters.items()):
+      return header
+  return None
+
+
 def build_table(spec, trials, results):
   """The table of one spec: {"name", "caption", "header", "rows", "note", "num_ours"}.
 
@@ -311,27 +361,38 @@ def build_table(spec, trials, results):
   columns before the published ones (the label column included).
   """
   check_spec(spec, trials)
-  row_fields, col_fields = list(spec["rows"]), list(spec.get("columns", []))
+  row_fields, col_fields = list(spec["rows"]), _column_fields(spec)
+  named = spec.get("columns") if isinstance(spec.get("columns"), dict) else None
   members = [t for t in trials
              if _in_table(t, row_fields + col_fields, spec.get("filters", {}))]
   row_keys, col_keys, cells = {}, {}, {}
+  if named:  # every named column, in the spec's order, run or not
+    col_keys = {_key([header]): header for header in named}
   for t in members:
     rv = [field_value(t["overrides"], f) for f in row_fields]
-    cv = [field_value(t["overrides"], f) for f in col_fields]
-    rk, ck = _key(rv), _key(cv)
+    if named:
+      header = _named_column(t, named)
+      if header is None:
+        continue
+      ck = _key([header])
+    else:
+      cv = [field_value(t["overrides"], f) for f in col_fields]
+      ck = _key(cv)
+      col_keys.setdefault(ck, ", ".join(f"{f}={_label(v)}" for f, v in zip(col_fields, cv)))
+    rk = _key(rv)
     row_keys.setdefault(rk, row_label(rv))
-    col_keys.setdefault(ck, ", ".join(f"{f}={_label(v)}" for f, v in zip(col_fields, cv)))
     cells.setdefault((rk, ck), []).append(t)
   metrics = _metrics(spec)
-  # (cell key, path, label, format, scale) per column: one per column-field value, or
+  # (cell key, path, label, format, scale) per column: one per column value, or
   # one per metric.
-  if col_fields:
+  if col_fields or named:
     columns = [(ck, *metrics[0]) for ck in col_keys]
   else:
     col_keys = {str(i): label for i, (_, label, _, _) in enumerate(metrics)}
     columns = [(_key([]), *metric) for metric in metrics]
 
   relative_to = dict(spec.get("relative_to", {}))
+  average = spec.get("average")
   rows, any_count = [], False
   for rk, label in row_keys.items():
     row = [label]
@@ -343,8 +404,15 @@ def build_table(spec, trials, results):
       text = _cell(cells.get((rk, ck), []), results, metric, fmt, reference, scale)
       row.append(text)
       any_count |= "(n=" in text
+    if average:
+      _, metric, _, fmt, scale = columns[0]
+      text = _average_cell([cells.get((rk, ck), []) for ck, *_ in columns], results, metric,
+                           fmt, scale)
+      row.append(text)
+      any_count |= "(n=" in text
     rows.append(row)
-  header = [", ".join(row_fields)] + list(col_keys.values())
+  our_headers = list(col_keys.values()) + ([average] if average else [])
+  header = [", ".join(row_fields)] + our_headers
 
   published = spec.get("published")
   if published is not None:
@@ -354,11 +422,29 @@ def build_table(spec, trials, results):
       row += [_published_cell(v) for v in paper.get(row[0], [None] * len(published["columns"]))]
     for label, values in paper.items():
       if label not in row_keys.values():
-        rows.append([label] + [""] * len(col_keys) + [_published_cell(v) for v in values])
-  note = ("(n=k): the mean over the cell's k completed trials (or, after a status, the k "
-          "trials that ended so)." if any_count else "")
+        rows.append([label] + [""] * len(our_headers) + [_published_cell(v) for v in values])
+  note = ""
+  if any_count:
+    note = (f"(n=k): over the cell's k completed trials (or, after a status, the k trials "
+            f"that ended so); mean ± the half-width of its {CONFIDENCE:.0%} interval "
+            f"(Student's t){'; ratios are of the means, without an interval' if relative_to else ''}.")
   return {"name": spec["name"], "caption": spec.get("caption", ""), "header": header,
-          "rows": rows, "note": note, "num_ours": 1 + len(col_keys)}
+          "rows": rows, "note": note, "num_ours": 1 + len(our_headers)}
+
+
+def interval(values):
+  """(mean, half-width of the CONFIDENCE interval of the mean by Student's t); the
+  half-width is None for fewer than two values."""
+  values = np.asarray(values, dtype=np.float64)
+  mean = float(values.mean())
+  if len(values) < 2:
+    return mean, None
+  t = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1))
+  return mean, t * float(values.std(ddof=1)) / math.sqrt(len(values))
+
+
+def _with_notes(text, notes):
+  return f"{text} ({'; '.join(notes)})" if notes else text
 
 
 def _cell(cell_trials, results, metric, fmt, reference=None, scale=1.0):
@@ -374,18 +460,44 @@ def _cell(cell_trials, results, metric, fmt, reference=None, scale=1.0):
     return ", ".join(s if c == 1 else f"{s} (n={c})" for s, c in unsuccessful.items())
   notes = [f"n={len(values)}"] if len(values) > 1 or unsuccessful else []
   notes += [f"{c} {s}" for s, c in unsuccessful.items()]
-  value = float(np.mean(values)) * scale
+  values = [v for _, v in values]
   if reference is not None:
     reference_values, reference_ended = _cell_values(reference, results, metric)
-    if not reference_values or float(np.mean(reference_values)) == 0.0:
+    reference_mean = float(np.mean([v for _, v in reference_values] or [0.0]))
+    if reference_mean == 0.0:
       return f"n/a (reference {', '.join(reference_ended)})" if reference_ended else ""
-    value /= float(np.mean(reference_values)) * scale
-  text = fmt.format(value)
-  return f"{text} ({'; '.join(notes)})" if notes else text
+    return _with_notes(fmt.format(float(np.mean(values)) / reference_mean), notes)
+  mean, half = interval(values)
+  text = fmt.format(mean * scale)
+  if half is not None:
+    text += " ± " + fmt.format(half * scale)
+  return _with_notes(text, notes)
+
+
+def _average_cell(row_cells, results, metric, fmt, scale):
+  """The mean of a row's column means; blank until every column has a value. Its
+  interval is over the per-seed averages when every column ran the same seeds."""
+  columns = [_cell_values(c, results, metric)[0] for c in row_cells]
+  if not all(columns):
+    return ""
+  mean = float(np.mean([np.mean([v for _, v in c]) for c in columns]))
+  by_seed = [{t["overrides"].get("seed"): v for t, v in c} for c in columns]
+  seeds = set(by_seed[0])
+  counts = {len(c) for c in columns}
+  half = None
+  if (len(counts) == 1 and None not in seeds and len(seeds) == len(columns[0])
+      and all(set(s) == seeds for s in by_seed)):
+    per_seed = [np.mean([s[seed] for s in by_seed]) for seed in sorted(seeds)]
+    _, half = interval(per_seed)
+  text = fmt.format(mean * scale)
+  if half is not None:
+    text += " ± " + fmt.format(half * scale)
+  n = max(counts)
+  return _with_notes(text, [f"n={n}"] if n > 1 else [])
 
 
 def _cell_values(cell_trials, results, metric):
-  """([metric of each completed trial], {status: count} of the others that ended)."""
+  """([(trial, metric) of each completed trial], {status: count} of the others that ended)."""
   values, unsuccessful = [], {}
   for t in cell_trials:
     result = results.get(t["id"])
@@ -397,7 +509,7 @@ def _cell_values(cell_trials, results, metric):
       if value is None:
         status = "n/a"
       else:
-        values.append(float(value))
+        values.append((t, float(value)))
         continue
     unsuccessful[status] = unsuccessful.get(status, 0) + 1
   return values, unsuccessful
@@ -573,12 +685,18 @@ def _categories(points):
 
 
 def _draw_line(ax, label, pts, categories):
-  # The mean over trials at the same x (seeds), in x order (category order if categorical).
+  # The mean over trials at the same x (seeds), in x order (category order if
+  # categorical), with the interval of the mean where an x has several trials.
   by_x = {}
   for x, y in pts:
     by_x.setdefault(categories.index(_label(x)) if categories else x, []).append(y)
   xs = sorted(by_x)
-  ax.plot(xs, [float(np.mean(by_x[x])) for x in xs], marker="o", label=label or None)
+  means, halves = zip(*(interval(by_x[x]) for x in xs))
+  if any(h is not None for h in halves):
+    ax.errorbar(xs, means, yerr=[h or 0.0 for h in halves], marker="o", capsize=3,
+                label=label or None)
+  else:
+    ax.plot(xs, means, marker="o", label=label or None)
 
 
 def _draw_loglog(ax, label, pts):

@@ -43,7 +43,9 @@ def get_config(arg=None):
   c.pooling = "mean"
   c.attention = arg.attention
   c.pos = arg.pos
-  preset = dict(pathfinder.PRESETS["pathfinder" if arg.size == 32 else "pathx"])
+  # image_size stated even where it is the default: tables tell Pathfinder from Path-X by it.
+  preset = {"image_size": arg.size, **pathfinder.PRESETS["pathfinder" if arg.size == 32 else
+                                                          "pathx"]}
   c.max_len = arg.size ** 2
   if arg.scale == "cpu":
     # At 32x32 a small model stays at chance for 600 steps (measured; LRA trains
