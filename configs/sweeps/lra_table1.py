@@ -125,7 +125,9 @@ def _task_block(header, base, variant):
   c = _task_config(header, base.scale)
   c.attention = variant
   c.attention_options = common.attention_options(variant, c.max_len)
-  own, shared = c.to_dict(), base.to_dict()
+  # Against the config file's own base, not `base`: a command-line override
+  # (--config.data_dir=...) is the user's, for every trial, not a task's.
+  own, shared = c.to_dict(), get_config(f"scale={base.scale}").to_dict()
   return {k: v for k, v in own.items() if v != shared.get(k) or k in ("task", "attention")}
 
 
