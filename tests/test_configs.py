@@ -135,3 +135,45 @@ def test_sweep_config_trials_and_tables_validate(name, scale):
       assert label in ours or "not run" in label, (
           f"{name} table {spec['name']}: published row {label!r} matches none of ours")
   assert "TBD" not in module.__doc__ and "python -m experiments.sweep" in module.__doc__
+
+
+@pytest.mark.parametrize("scale,num_columns", [("cpu", 2), ("paper", 6)])
+def test_lra_table1_trials_are_the_task_configs_and_fill_each_column(scale, num_columns):
+  from attention_research.sweep import grid
+  from attention_research.sweep import runner
+  from attention_research.sweep import tables
+  from configs.sweeps import lra_table1
+
+  base = lra_table1.get_config(f"scale={scale}")
+  trials = runner.make_trials(base, lra_table1.get_sweep(grid, base))
+  spec = lra_table1.get_tables(base)[0]
+  expected_columns = lra_table1.CPU_TASKS if scale == "cpu" else list(lra_table1.TASKS)
+  assert list(spec["columns"]) == expected_columns and len(expected_columns) == num_columns
+  assert len(trials) == num_columns * 6 * 3
+  cells = {}
+  for _, _, name, overrides, config in trials:
+    header = tables._named_column({"overrides": overrides}, spec["columns"])
+    cells.setdefault((header, config.attention), []).append(config.seed)
+    # The trial is its task's config file at this scale, with the variant (its
+    # sparse options for the length) and the seed set.
+    expected = lra_table1._task_config(header, scale)
+    expected.attention = config.attention
+    expected.attention_options = common.attention_options(config.attention, expected.max_len)
+    expected.seed = config.seed
+    assert config.to_dict() == expected.to_dict(), name
+  assert len(cells) == num_columns * 6
+  assert all(sorted(seeds) == [0, 1, 2] for seeds in cells.values())
+
+
+def test_lra_table1_published_figures_add_up():
+  from configs.sweeps import lra_table1
+  # LRA's Avg is the mean of the five tasks without Path-X, to its rounding; its
+  # Sinkhorn row prints 51.39 where the five give 51.48 (kept as printed).
+  for name, row in lra_table1.LRA_TABLE1.items():
+    mean = sum(row[:5]) / 5
+    assert row[5] == "FAIL"
+    assert abs(mean - row[6]) < 0.006 or (name == "Sinkhorn Trans." and row[6] == 51.39)
+  # Table 2's memory, printed in GB, relative to the Transformer's: local at 4K is
+  # 1.37 / 9.48.
+  assert lra_table1.LRA_TABLE2_MEMORY["Local Attention"] == [0.49, 0.29, 0.19, 0.14]
+  assert lra_table1.LRA_TABLE2_MEMORY["Transformer"] == [1.0] * 4

@@ -249,3 +249,50 @@ def test_a_pair_task_refuses_to_split_its_rows_over_context():
   with pytest.raises(ValueError, match=r"config.mesh.context=2: task 'lra_retrieval' holds two "
                                        r"sequences a row \(the dual encoder\); allowed: 1"):
     train.validate_config(config, num_devices=2)
+
+
+def test_every_task_of_the_table1_sweep_runs_through_the_sweep_runner(imdb_dir, tmp_path):
+  """lra_table1's trials, one per task at cpu scale (its own grid runs ListOps and
+  Pathfinder there; Text, Retrieval and Image are the paper-scale columns' tasks), shrunk
+  to 2 steps of a 1-layer model, through the runner and into the table: one workdir,
+  one data_dir holding the IMDB, CIFAR-10 and AAN fixtures."""
+  from attention_research.sweep import runner
+  from attention_research.sweep import tables
+  from configs import common
+  from configs.sweeps import lra_table1
+
+  data_dir = tmp_path / "data"
+  shutil.copytree(imdb_dir, data_dir)
+  write_aan_fixture(data_dir / "downloads" / "manual")
+  write_cifar_fixture(data_dir / "downloads" / "manual", archive=False)
+  base = lra_table1.get_config("scale=cpu")
+  base.data_dir = str(data_dir)
+  headers = ["ListOps", "Text", "Retrieval", "Image", "Pathfinder"]
+  grid = []
+  for header in headers:
+    overrides = lra_table1._task_block(header, base, "local")
+    options = dict(overrides.get("task_options", base.task_options.to_dict()))
+    max_len = overrides.get("max_len", base.max_len)
+    if header in ("Text", "Retrieval"):  # bytes cut to 128, not 1000
+      max_len = options["max_len"] = 128
+    options.update({k: v for k, v in dict(num_train=8, num_test=4).items() if k in options})
+    overrides.update(
+        task_options=options, max_len=max_len, total_steps=2, batch_size=2, log_every=1,
+        eval_every=2, checkpoint_every=2, num_layers=1, d_model=16, num_heads=2, mlp_dim=32,
+        attention_options=common.attention_options("local", max_len), seed=0)
+    grid.append(overrides)
+  trials = runner.make_trials(base, grid)
+  workdir = str(tmp_path / "sweep")
+  spec = lra_table1.get_tables(lra_table1.get_config("scale=paper"))[0]
+  spec["columns"]["Pathfinder"]["task_options.image_size"] = 16   # cpu scale's images
+  statuses = runner.run(trials, workdir, tables=[spec])
+  assert list(statuses.values()) == ["completed"] * len(headers)
+  table = tables.build_table(spec, *tables.load(workdir)[1:])
+  local = next(row for row in table["rows"] if row[0] == "local")
+  # Every column but Path-X holds the one trial's accuracy (a number, n=1); the
+  # Avg waits for Path-X.
+  for header, cell in zip(table["header"][1:7], local[1:7]):
+    assert (cell == "") if header == "Path-X" else (0 <= float(cell) <= 100), (header, cell)
+  targets = {json.load(open(os.path.join(workdir, "trials", t[1], "result.json")))
+             ["final_eval"]["num_targets"] for t in trials}
+  assert targets <= {2, 3, 4}

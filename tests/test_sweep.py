@@ -364,7 +364,7 @@ def test_killed_sweep_reruns_to_every_trial_completed_once(tmp_path):
   assert "| completed |" in rerun.stdout and "| diverged |" in rerun.stdout
   # The sweep ends with the tables its config declares, written into the workdir.
   written = sorted(os.listdir(workdir / "tables"))
-  assert written == ["accuracy.md", "accuracy_0.png"], written
+  assert written == ["accuracy.md", "accuracy_0.png", "results.jsonl"], written
   table = (workdir / "tables" / "accuracy.md").read_text()
   assert "| 1 |" in table and table in rerun.stdout  # printed as written
   resumed = [runner.read_result(str(workdir), t["id"]).get("resumed_from_step") for t in trials]

@@ -268,8 +268,9 @@ def test_loglog_plot_fits_each_series_and_writes_pngs(tmp_path):
       "": [(n, 1.0) for n in (128, 256, 512, 128, 256, 512, 1024)]}
 
   paths = tables.write(workdir, str(tmp_path / "out"), "csv")
-  assert [os.path.basename(p) for p in paths] == ["seq.csv", "seq_0.png", "seq_1.png"]
-  for path in paths[1:]:
+  assert [os.path.basename(p) for p in paths] == ["seq.csv", "seq_0.png", "seq_1.png",
+                                                  "results.jsonl"]
+  for path in paths[1:3]:
     with open(path, "rb") as f:
       data = f.read()
     assert data[:8] == PNG_MAGIC and len(data) > 1000
@@ -294,7 +295,7 @@ def test_line_plot_ratio_and_categorical_x(tmp_path):
   assert tables.plot_points(spec, spec["plots"][1], trial_list, results) == {
       "": [("rope", 0.5), ("none", 0.25), ("none", 0.75)]}
   paths = tables.write(workdir, str(tmp_path / "out"), "markdown")
-  assert [os.path.getsize(p) > 1000 for p in paths[1:]] == [True, True]
+  assert [os.path.getsize(p) > 1000 for p in paths[1:3]] == [True, True]
 
 
 def test_table_with_no_results_yet_is_all_blank(tmp_path):
@@ -341,9 +342,16 @@ def test_binary_prints_and_writes(tmp_path, workdir):
        f"--out_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout == EXPECTED_CSV
-  assert sorted(os.listdir(out)) == ["copy_loss.csv", "heads.csv", "heads_0.png"]
+  assert sorted(os.listdir(out)) == ["copy_loss.csv", "heads.csv", "heads_0.png",
+                                     "results.jsonl"]
   with open(out / "heads.csv") as f:
     assert f.read() == EXPECTED_CSV.split("\n\n")[0] + "\n"
+  # The raw results alone render the same tables, with no workdir.
+  again = subprocess.run(
+      [sys.executable, "-m", "experiments.tables", f"--workdir={out / 'results.jsonl'}",
+       "--format=csv"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert again.returncode == 0, again.stderr
+  assert again.stdout == EXPECTED_CSV
   bad = subprocess.run([sys.executable, "-m", "experiments.tables", f"--workdir={workdir}",
                         "--format=html"], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert bad.returncode != 0 and "format must be one of" in bad.stderr
@@ -519,10 +527,58 @@ def test_named_columns_and_the_average_over_them(tmp_path):
   # local ran seeds 0, 1 and 0, 2: the Avg (0.1875 + 0.625) / 2 has no interval.
   assert local.endswith(",40.62 (n=2),")
 
-  listed = [{"overrides": o} for o, _ in trials]
+  # A plot with a series per named column: each point in its column's series (the copy
+  # trial in none), the means and intervals those of the cells.
+  plot_spec = {"kind": "line", "x": "attention", "series": "columns"}
+  listed = [{"id": f"{i:010x}", "name": str(i), "overrides": o} for i, (o, _) in
+            enumerate(trials)]
+  results = {f"{i:010x}": r for i, (_, r) in enumerate(trials)}
+  points = tables.plot_points(spec, plot_spec, listed, results)
+  assert sorted(points) == ["ListOps", "Path-X", "Pathfinder"]
+  assert sorted(points["ListOps"]) == [("dense", 25.0), ("dense", 37.5), ("dense", 50.0),
+                                       ("linear", 50.0), ("local", 12.5), ("local", 25.0)]
+  path = str(tmp_path / "lra.png")
+  assert tables.plot(spec | {"plots": [plot_spec]}, plot_spec, listed, results, path) == [
+      "ListOps", "Pathfinder", "Path-X"]
+  with open(path, "rb") as f:
+    assert f.read(8) == PNG_MAGIC
+  with pytest.raises(ValueError, match=r"`series` 'columns' needs named `columns`"):
+    tables.check_spec(spec | {"columns": ["task"], "average": None, "plots": [plot_spec]},
+                      listed)
+
   with pytest.raises(ValueError, match=r"named `columns` map a header to the overrides"):
     tables.check_spec(spec | {"columns": {"ListOps": "listops"}}, listed)
   with pytest.raises(ValueError, match=r"column 'Text': field 'task_name' is in no trial"):
     tables.check_spec(spec | {"columns": {"Text": {"task_name": "x"}}}, listed)
   with pytest.raises(ValueError, match=r"`average` needs `columns`"):
     tables.check_spec(spec | {"relative_to": {"attention": "dense"}}, listed)
+
+
+def test_raw_results_hold_every_trial_and_render_the_tables_alone(tmp_path, workdir):
+  # A trial that did not sweep its seed takes it from its config.json.
+  with open(os.path.join(workdir, "trials", f"{0:010x}", "config.json"), "w") as f:
+    json.dump({"seed": 7}, f)
+  paths = tables.write(workdir, str(tmp_path / "out"), "markdown")
+  raw = str(tmp_path / "out" / "results.jsonl")
+  assert raw in paths
+  with open(raw) as f:
+    lines = [json.loads(line) for line in f]
+  assert lines[0] == {"sweep": {"config": "configs/sweeps/fake.py",
+                                "tables": [HEADS, COPY_LOSS]}}
+  assert len(lines) == 1 + len(TRIALS)
+  for index, ((overrides, result), line) in enumerate(zip(TRIALS, lines[1:])):
+    assert line["id"] == f"{index:010x}" and line["overrides"] == overrides
+    if result is None:
+      assert line["status"] is None and line["result"] is None
+    else:
+      assert line["status"] == result[0]
+      assert line["result"] == _result(*result)
+  assert lines[1]["seed"] == 7 and lines[5]["seed"] == 0 and lines[6]["seed"] == 1
+  assert lines[2]["seed"] is None   # neither swept nor in a config.json
+  assert tables.render(raw) == tables.render(workdir)
+  with open(tmp_path / "bad.jsonl", "w") as f:
+    f.write('{"trial": 1}\n')
+  with pytest.raises(ValueError, match=r"not a sweep's results file"):
+    tables.render(str(tmp_path / "bad.jsonl"))
+  with pytest.raises(ValueError, match=r"does not exist"):
+    tables.render(str(tmp_path / "none.jsonl"))

@@ -2,10 +2,16 @@
 
     print(tables.render("runs/aiayn_table3", fmt="markdown"))
     tables.write("runs/aiayn_table3", "docs/results/aiayn_table3", fmt="markdown")
+    print(tables.render("docs/results/aiayn_table3/results.jsonl"))   # no workdir needed
 
 A sweep config's `get_tables(config)` declares its tables; the runner records
 them in DIR/sweep.json with every trial, and each trial that ran has
-DIR/trials/<id>/result.json. A table spec (a JSON-able dict):
+DIR/trials/<id>/result.json. `write` also writes the raw results beside the
+tables, results.jsonl: a first line {"sweep": {"config": <file>, "tables":
+[...]}}, then one line per trial {"index", "id", "name", "overrides", "seed",
+"status", "result"} (result: its whole result.json, with the final metrics,
+step time, memory and wall time; null if it has not run), so that anyone can
+render or recompute the tables from that file alone. A table spec (a JSON-able dict):
 
     {"name": "table3_heads",               # file stem: table3_heads.md, table3_heads_0.png
      "caption": "...",                     # says when the task differs from the paper's
@@ -76,6 +82,7 @@ squares per series over every point (`tabulate.loglog_fit`, the benchmark's
 fit too), with "slope b" in the legend: the exponent of time or memory in
 sequence length (2 for dense attention's L x L, 1 for the efficient
 variants), the check of the O(L^2) claim. A plot's
+series may be "columns": one per named column of its table. Its
 x may also be a ratio of two fields ("d_model/num_layers": the aspect ratio
 of Kaplan et al. 2020, Fig. 5) or, when no trial overrides it, a result.json
 path ("num_params").
@@ -93,6 +100,7 @@ from attention_research import tabulate
 
 FORMATS = {"markdown": "md", "latex": "tex", "csv": "csv"}
 PLOT_KINDS = ("line", "loglog_slope")
+COLUMNS_SERIES = "columns"  # a plot's series: one per named column of its table
 _TABLE_KEYS = ("name", "caption", "rows", "columns", "average", "metric", "metric_label",
                "format", "scale", "filters", "relative_to", "published", "plots")
 CONFIDENCE = 0.95
@@ -103,8 +111,14 @@ _REQUIRED = object()  # field_value without a default: raise
 
 # ----------------------------------------------------------------- reading
 
+RESULTS_FILE = "results.jsonl"
+
+
 def load(workdir):
-  """(table specs, trials, {trial id: result dict or None}) from a sweep's workdir."""
+  """(table specs, trials, {trial id: result dict or None}) from a sweep's workdir, or
+  from a results.jsonl file that `write` left beside the tables."""
+  if workdir.endswith(".jsonl"):
+    return _load_results_file(workdir)
   try:
     sweep = storage.read_json(os.path.join(workdir, "sweep.json"))
   except FileNotFoundError:
@@ -123,6 +137,40 @@ def load(workdir):
   return sweep.get("tables", []), trials, results
 
 
+def raw_results(workdir):
+  """The text of results.jsonl for a sweep's workdir (see the module docstring)."""
+  sweep = storage.read_json(os.path.join(workdir, "sweep.json"))
+  specs, trials, results = load(workdir)
+  lines = [{"sweep": {"config": sweep.get("config"), "tables": specs}}]
+  for trial in trials:
+    result = results[trial["id"]]
+    seed = trial["overrides"].get("seed")
+    if seed is None:  # not swept: the trial's config has it
+      try:
+        seed = storage.read_json(
+            os.path.join(workdir, "trials", trial["id"], "config.json")).get("seed")
+      except FileNotFoundError:
+        pass
+    lines.append({"index": trial.get("index"), "id": trial["id"], "name": trial["name"],
+                  "overrides": trial["overrides"], "seed": seed,
+                  "status": result.get("status") if result else None, "result": result})
+  return "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)
+
+
+def _load_results_file(path):
+  try:
+    lines = [json.loads(line) for line in storage.path(path).read_text().splitlines() if line]
+  except FileNotFoundError:
+    raise ValueError(f"results file {path!r} does not exist") from None
+  if not lines or "sweep" not in lines[0]:
+    raise ValueError(f"{path!r} is not a sweep's results file: its first line must be "
+                     f"{{\"sweep\": {{\"config\": ..., \"tables\": [...]}}}} (tables.write "
+                     f"writes it as {RESULTS_FILE})")
+  trials = [{k: line[k] for k in ("index", "id", "name", "overrides")} for line in lines[1:]]
+  results = {line["id"]: line["result"] for line in lines[1:]}
+  return lines[0]["sweep"].get("tables", []), trials, results
+
+
 def render(workdir, fmt="markdown"):
   """Every table of the sweep in `fmt` (markdown, latex or csv), one after another."""
   _check_format(fmt)
@@ -132,7 +180,8 @@ def render(workdir, fmt="markdown"):
 
 
 def write(workdir, out_dir, fmt="markdown"):
-  """Writes <name>.<md|tex|csv> and <name>_<i>.png per table into out_dir; returns the paths."""
+  """Writes <name>.<md|tex|csv> and <name>_<i>.png per table into out_dir, and (from a
+  workdir) the raw results, results.jsonl; returns the paths."""
   _check_format(fmt)
   specs, trials, results = load(workdir)
   _check_has_tables(workdir, specs)
@@ -151,6 +200,10 @@ def write(workdir, out_dir, fmt="markdown"):
       path = os.path.join(out_dir, f"{spec['name']}_{i}.png")
       plot(spec, plot_spec, trials, results, path)
       paths.append(path)
+  if not workdir.endswith(".jsonl"):
+    path = os.path.join(out_dir, RESULTS_FILE)
+    storage.write_text(path, raw_results(workdir))
+    paths.append(path)
   return paths
 
 
@@ -583,7 +636,10 @@ def _check_plot(spec, plot_spec, i, trials):
   # A single x that no trial overrides is a result.json path, checked against the results.
   if len(parts) == 2:
     _check_fields(parts, trials, f"{where} `x`")
-  if plot_spec.get("series"):
+  if plot_spec.get("series") == COLUMNS_SERIES:
+    if not isinstance(spec.get("columns"), dict):
+      raise ValueError(f"{where}: `series` {COLUMNS_SERIES!r} needs named `columns` (a dict)")
+  elif plot_spec.get("series"):
     _check_fields([plot_spec["series"]], trials, f"{where} `series`")
 
 
@@ -608,7 +664,9 @@ def plot_points(spec, plot_spec, trials, results):
   x_is_override = any(_has(t, p) for t in trials for p in _x_parts(x_field))
   needed = list(_x_parts(x_field)) if x_is_override else []
   series = plot_spec.get("series")
-  needed += [series] if series else []
+  named = spec.get("columns") if isinstance(spec.get("columns"), dict) else None
+  by_column = series == COLUMNS_SERIES
+  needed += [series] if series and not by_column else []
   y = plot_spec.get("y", _main_metric(spec))
   # The y axis is labelled as the table's metric, so it is scaled like it (bytes -> MiB).
   scale = _metrics(spec)[0][3] if y == _main_metric(spec) else 1.0
@@ -622,7 +680,12 @@ def plot_points(spec, plot_spec, trials, results):
     y_value = metric_value(result, y, t["name"])
     if y_value is None:
       continue
-    label = _label(field_value(t["overrides"], series)) if series else ""
+    if by_column:
+      label = _named_column(t, named)
+      if label is None:  # in none of the table's columns
+        continue
+    else:
+      label = _label(field_value(t["overrides"], series)) if series else ""
     points.setdefault(label, []).append((_plot_x(plot_spec, t, result),
                                          float(y_value) * scale))
   return points
@@ -659,7 +722,8 @@ def plot(spec, plot_spec, trials, results, path):
             transform=ax.transAxes)
   labels = ax.get_legend_handles_labels()[1]
   if labels:  # only where there are series or slopes to name
-    ax.legend(title=plot_spec.get("series"), fontsize=8)
+    by_column = plot_spec.get("series") == COLUMNS_SERIES
+    ax.legend(title=None if by_column else plot_spec.get("series"), fontsize=8)
   ax.grid(True, which="both", alpha=0.3)
   fig.tight_layout()
   with storage.path(path).open("wb") as f:  # gs:// too
@@ -692,11 +756,9 @@ def _draw_line(ax, label, pts, categories):
     by_x.setdefault(categories.index(_label(x)) if categories else x, []).append(y)
   xs = sorted(by_x)
   means, halves = zip(*(interval(by_x[x]) for x in xs))
-  if any(h is not None for h in halves):
-    ax.errorbar(xs, means, yerr=[h or 0.0 for h in halves], marker="o", capsize=3,
-                label=label or None)
-  else:
-    ax.plot(xs, means, marker="o", label=label or None)
+  # errorbar even without intervals: the legend then keeps the series' order.
+  yerr = [h or 0.0 for h in halves] if any(h is not None for h in halves) else None
+  ax.errorbar(xs, means, yerr=yerr, marker="o", capsize=3, label=label or None)
 
 
 def _draw_loglog(ax, label, pts):
