@@ -447,6 +447,8 @@ def _train(config, settings, workdir, start_time, result, life):
                "num_targets": int(totals["count"])}
     if task.kind == "lm":  # per target token, as LM papers report it (Vaswani et al. Table 3)
       metrics["perplexity"] = math.exp(min(metrics["loss"], 700.0))
+      # Bits per byte on a byte-level task (the loss is in nats).
+      metrics["bits_per_token"] = metrics["loss"] / math.log(2.0)
     return metrics
 
   # ------------------------------------------------------------ checkpoint

@@ -68,12 +68,12 @@ def key(example):
 
 def test_registry_entries():
   assert data.names() == ["listops", "mqar", "copy", "order", "pathfinder", "lra_text",
-                          "lra_image", "lra_retrieval"]
+                          "lra_image", "lra_retrieval", "stdlib_bytes"]
   kinds = {name: data.get_task(name).kind for name in data.names()}
   assert kinds == {"listops": "classification", "mqar": "lm", "copy": "lm",
                    "order": "classification", "pathfinder": "classification",
                    "lra_text": "classification", "lra_image": "classification",
-                   "lra_retrieval": "pair"}
+                   "lra_retrieval": "pair", "stdlib_bytes": "lm"}
   assert [n for n in data.names() if data.get_task(n).source] == ["lra_text"]
   assert data.vocab_size("listops", None) == 16  # pad, 10 digits, 4 operators, "]"
   assert data.num_classes("listops", None) == 10

@@ -96,6 +96,9 @@ def test_training_learns_and_writes_its_records(tmp_path):
   assert saved["train_step_time_s"] == pytest.approx(1.0 / saved["train_steps_per_s"])
   # An LM task reports perplexity per target token: exp of the mean loss.
   assert saved["final_eval"]["perplexity"] == pytest.approx(np.exp(saved["final_eval"]["loss"]))
+  # ... and bits per token (per byte on a byte-level task): the loss in nats over ln 2.
+  assert saved["final_eval"]["bits_per_token"] == pytest.approx(
+      saved["final_eval"]["loss"] / np.log(2))
   assert json.load(open(os.path.join(workdir, "config.json")))["total_steps"] == 60
 
   records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))

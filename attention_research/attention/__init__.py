@@ -265,6 +265,37 @@ def covers_every_key(name, seq_len, *, causal, options=None) -> bool:
           >= _dense.flops_per_query(seq_len, **sizes))
 
 
+def probabilities(name, query, key, *, causal=False, kv_mask=None, **options):
+  """The weights exact variant `name` puts on each key: float32 [B, H, Lq, Lk].
+
+  softmax(q k^T / sqrt(D) + ALiBi bias) over the keys the variant's pattern,
+  `causal` and `kv_mask` allow, as its output weighs the values: for every
+  exact variant, `probabilities(...) @ value` is its output (tests check it).
+  Rows sum to 1; a query with no allowed key has a row of zeros. Keys may
+  have fewer heads (grouped-query attention). Linear-cost variants never form
+  softmax weights over keys: a ValueError naming the variants that do.
+  """
+  v = variant(name)
+  if not v.exact:
+    raise ValueError(f"attention {name!r} is not softmax over keys and has no attention "
+                     f"weights; variants that have: {[n for n in names() if variant(n).exact]}")
+  options = v.resolved_options(options)
+  s = _common.check_inputs(name, query, key, key, kv_mask)
+  allowed = jnp.asarray(v.mask(s.q_len, s.k_len, causal=causal, **options))[None, None]
+  if kv_mask is not None:
+    allowed = allowed & kv_mask[:, None, None, :]
+  q = query.reshape(s.batch, s.q_len, s.kv_heads, s.groups, s.head_dim)
+  logits = jnp.einsum("bqhgd,bkhd->bhgqk", q, key, preferred_element_type=jnp.float32)
+  logits = logits.reshape(s.batch, s.heads, s.q_len, s.k_len) * _common.default_scale(
+      s.head_dim)
+  slopes = _common.check_alibi_slopes(name, options.get("alibi_slopes"), s.heads)
+  if slopes is not None:
+    logits = logits + _common.alibi_bias(slopes.reshape(s.heads, 1, 1),
+                                         jnp.arange(s.q_len)[:, None], jnp.arange(s.k_len))
+  _, p = _common.masked_softmax_terms(logits, allowed)
+  return p / jnp.maximum(p.sum(-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+
+
 def _dense_mask(q_len, k_len, *, causal=False, mask=None, alibi_slopes=None,
                 implementation=None):
   """dense's pattern; a `mask` is folded in when it is one [Lq, Lk] pattern."""

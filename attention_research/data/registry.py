@@ -36,6 +36,7 @@ from attention_research.data import lra_text
 from attention_research.data import mqar
 from attention_research.data import order
 from attention_research.data import pathfinder
+from attention_research.data import stdlib_bytes
 
 KINDS = ("classification", "lm", "pair")
 
@@ -94,6 +95,7 @@ _register(pathfinder, pathfinder.PathfinderConfig, pathfinder.Pathfinder)
 _register(lra_text, lra_text.LRATextOptions)
 _register(lra_image, lra_image.LRAImageConfig, lra_image.LRAImage)
 _register(lra_retrieval, lra_retrieval.LRARetrievalConfig, lra_retrieval.LRARetrieval)
+_register(stdlib_bytes, stdlib_bytes.StdlibBytesConfig, stdlib_bytes.StdlibBytes)
 
 
 def names() -> list[str]:

@@ -8,6 +8,10 @@ heads than queries (grouped-query attention, Ainslie et al. 2023; one kv head
 is multi-query attention, Shazeer 2019). RoPE rotates queries and keys here;
 ALiBi is a bias the variant applies from per-head slopes.
 
+`apply(..., mutable=["intermediates"])` also returns each layer's attention
+weights [B, H, Lq, Lk] under ("intermediates", ..., "attention_weights"), for
+the exact variants (`attention.probabilities`).
+
 Attention dropout: our variants never form the attention probabilities (most
 of them cannot: blockwise, sparse and linear attention never hold the
 Lq x Lk matrix), so dropping probabilities, as in Vaswani et al., is not
@@ -87,6 +91,13 @@ class MultiHeadAttention(nn.Module):
     options = dict(self.attention_options)
     if self.use_alibi:
       options["alibi_slopes"] = jnp.asarray(positional.alibi_slopes(self.num_heads))
+    if (self.is_mutable_collection("intermediates")
+        and attention_lib.variant(self.attention).exact):
+      # The weights a reader inspects (experiments/inspect_attention.py), formed only
+      # when asked for (apply(..., mutable=["intermediates"])); the output below is
+      # computed as always, so inspecting a model does not change it.
+      self.sow("intermediates", "attention_weights", attention_lib.probabilities(
+          self.attention, query, key, causal=self.causal, kv_mask=kv_mask, **options))
     if self.per_device is not None:
       attend = attention_lib.per_device(self.attention, self.per_device)
     elif self.context_parallel is None:

@@ -1,0 +1,336 @@
+"""Looking inside a trained model's attention: weights, entropy, head similarity, ablation.
+
+    run = inspect.load("runs/mqar")                    # the run's config and newest params
+    batch = next(iter(inspect.eval_batches(run)))
+    weights = inspect.attention_weights(run, run.params, batch)   # [layers][B, H, Lq, Lk]
+    inspect.head_entropy(weights, batch)                # [layers, H], bits
+    inspect.head_divergence(weights, batch)             # [layers, H, H], bits
+    inspect.head_ablation(run, batches)                 # [layers, H]: loss without the head
+
+The weights come from the model itself (`apply(..., mutable=["intermediates"])`,
+attention_layer.py), so they are the ones its output used, for every exact
+variant (`attention.probabilities`). Statistics are over real query rows
+(padding left out) and, in a causal model, over the keys each query may see.
+
+- Entropy of a head: the mean over query rows of -sum_k p log2 p, in bits
+  (0: one key; log2 n: uniform over n keys).
+- Divergence between two heads: the mean over query rows of the
+  Jensen-Shannon divergence of their weight rows, in bits (0: the same
+  pattern; 1: disjoint keys). A head whose nearest other head is near 0 is a
+  duplicate.
+- Recall (MQAR, where the right key is known): at each query (a key seen
+  before, whose value is the target), is the head's most-attended position
+  the key's value in the context (the token to copy) or the key itself? And
+  is the model's prediction right more often when it is? Per head: the hit
+  rate and the accuracy on queries it hits and on queries it misses.
+- Ablation: a head's contribution is its slice of the attention's `out`
+  kernel ([H, D, d_model]); zeroing it removes exactly that head's output from
+  the residual stream. The table reports the eval loss with the head removed
+  minus the loss with all heads.
+"""
+
+import dataclasses
+import functools
+import itertools
+import math
+import os
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from ml_collections import config_dict
+import numpy as np
+
+from attention_research import attention
+from attention_research import checkpoints
+from attention_research import data
+from attention_research import models
+from attention_research import storage
+from attention_research import train
+
+WEIGHTS = "attention_weights"
+_BLOCK = re.compile(r"block_(\d+)$")
+
+
+@dataclasses.dataclass
+class Run:
+  config: Any        # the run's ConfigDict, from its config.json
+  model: Any         # the flax model, built as the trainer built it
+  params: Any        # the newest checkpoint's parameters
+  step: int          # ... and its step
+  kind: str          # the task's kind: classification, lm or pair
+
+
+def load(workdir, *, data_dir=None):
+  """The trained run in `workdir` (its config.json and newest verified checkpoint)."""
+  try:
+    saved = storage.read_json(os.path.join(workdir, "config.json"))
+  except FileNotFoundError:
+    raise ValueError(f"workdir {workdir!r} has no config.json: not a training run's "
+                     f"directory (experiments.train writes one)") from None
+  config = config_dict.ConfigDict(saved)
+  if data_dir is not None:
+    config.data_dir = data_dir
+  if not attention.variant(config.attention).exact:
+    exact = [n for n in attention.names() if attention.variant(n).exact]
+    raise ValueError(f"config.attention={config.attention!r} is not softmax over keys, so the "
+                     f"run has no attention weights to inspect; variants that have: {exact}")
+  options = config.task_options.to_dict()
+  kind = data.get_task(config.task).kind
+  model = models.build(models.resolve(config), vocab_size=data.vocab_size(config.task, options),
+                       num_classes=data.num_classes(config.task, options))
+  optimizer = train.make_optimizer(config, train.learning_rate_schedule(config))
+  length = config.max_len
+  shape = (1, 2, length) if kind == "pair" else (1, length)
+  state = jax.eval_shape(functools.partial(train.new_state, model, optimizer, jax.random.key(0),
+                                           jnp.zeros(shape, jnp.int32), jnp.ones(shape, bool)))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                          state)
+  manager = checkpoints.open_manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+  try:
+    found = checkpoints.restore_latest(manager, abstract)
+  finally:
+    manager.close()
+  if found is None:
+    raise ValueError(f"workdir {workdir!r} has no checkpoint that reads and verifies "
+                     f"(checkpoints/ is empty or every one is corrupt)")
+  step, restored, _ = found
+  return Run(config, model, restored["params"], int(step), kind)
+
+
+def eval_batches(run, *, batch_size=8):
+  """The run's eval split in batches (numpy dicts, as the trainer reads them)."""
+  c = run.config
+  options = c.task_options.to_dict()
+  data.prepare(c.task, options, c.data_dir)
+  return data.eval_batches(c.task, options, data_dir=c.data_dir, global_batch_size=batch_size,
+                           max_len=c.max_len, process_index=0, process_count=1)
+
+
+def _apply(run, params, batch, **kwargs):
+  return run.model.apply({"params": params}, jnp.asarray(batch["inputs"]),
+                         jnp.asarray(batch["input_mask"]), train=False, **kwargs)
+
+
+def attention_weights(run, params, batch):
+  """[layers] of float32 [B, H, Lq, Lk] in layer order (a dual encoder's: [2B, ...], each
+  example's two documents in turn)."""
+  _, state = _apply(run, params, batch, mutable=["intermediates"])
+  found = {}
+  for path, value in jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]:
+    names = [getattr(p, "key", getattr(p, "name", None)) for p in path]
+    if WEIGHTS not in names:
+      continue
+    layer = next(int(m.group(1)) for n in names if (m := _BLOCK.match(str(n))))
+    found.setdefault(layer, []).append(np.asarray(value))
+  return [np.concatenate(found[layer]) for layer in sorted(found)]
+
+
+def query_rows(weights, batch):
+  """bool [B', Lq]: the query rows that are real tokens (B' matches the weights')."""
+  mask = np.asarray(batch["input_mask"])
+  mask = mask.reshape(-1, mask.shape[-1])  # pair: [B, 2, L] -> the encoder's [2B, L]
+  rows = weights.shape[-2]
+  if mask.shape[1] < rows:  # a CLS token in front
+    mask = np.concatenate([np.ones((mask.shape[0], rows - mask.shape[1]), bool), mask], 1)
+  examples = np.asarray(batch["example_mask"])
+  return mask[:, :rows] & examples.repeat(mask.shape[0] // len(examples))[:, None]
+
+
+def head_entropy(weights, batch):
+  """float [layers, H]: each head's mean entropy over real query rows, in bits."""
+  out = []
+  for w in weights:
+    rows = query_rows(w, batch)
+    logs = np.log2(np.where(w > 0, w, 1.0))
+    entropy = -(w * logs).sum(-1)  # [B, H, Lq]
+    out.append([float(entropy[:, h][rows].mean()) for h in range(w.shape[1])])
+  return np.asarray(out)
+
+
+def head_divergence(weights, batch):
+  """float [layers, H, H]: the mean Jensen-Shannon divergence (bits) between the weight
+  rows of every two heads, over real query rows."""
+  out = []
+  for w in weights:
+    rows = query_rows(w, batch)
+    heads = w.shape[1]
+    matrix = np.zeros((heads, heads))
+    for a, b in itertools.combinations(range(heads), 2):
+      p, q = w[:, a], w[:, b]
+      m = (p + q) / 2
+      kl = lambda x: (x * (np.log2(np.where(x > 0, x, 1.0)) -
+                           np.log2(np.where(m > 0, m, 1.0)))).sum(-1)
+      matrix[a, b] = matrix[b, a] = float(((kl(p) + kl(q)) / 2)[rows].mean())
+    out.append(matrix)
+  return np.asarray(out)
+
+
+def recall_positions(batch):
+  """int [B, Lq]: for each MQAR query (target_mask), the position of its key's first
+  occurrence (the context pair; MQAR's keys are distinct); -1 elsewhere."""
+  inputs, queries = np.asarray(batch["inputs"]), np.asarray(batch["target_mask"])
+  out = np.full(inputs.shape, -1)
+  for i, q in zip(*np.nonzero(queries & np.asarray(batch["example_mask"])[:, None])):
+    earlier = np.flatnonzero(inputs[i, :q] == inputs[i, q])
+    if len(earlier):
+      out[i, q] = earlier[0]
+  return out
+
+
+def recall_hits(weights, batch):
+  """(value_hits, key_hits, queries): bool [B, H, Lq] where a head's most-attended key is
+  the query's key's value (the key's position + 1) or the key itself; queries bool
+  [B, Lq], the query rows with a key in the context."""
+  keys = recall_positions(batch)
+  top = weights.argmax(-1)  # [B, H, Lq]
+  queries = keys >= 0
+  return (top == (keys + 1)[:, None]) & queries[:, None], \
+         (top == keys[:, None]) & queries[:, None], queries
+
+
+def recall_table(value_hits, queries, correct):
+  """float [H, 5] for one layer: value-hit rate, accuracy when hit, n hit, accuracy when
+  missed, n missed; `correct` bool [B, Lq], the model's prediction at each query."""
+  rows = []
+  for h in range(value_hits.shape[1]):
+    hit = value_hits[:, h] & queries
+    miss = queries & ~value_hits[:, h]
+    rate = hit.sum() / max(queries.sum(), 1)
+    accuracy = lambda m: float(correct[m].mean()) if m.any() else math.nan
+    rows.append([float(rate), accuracy(hit), int(hit.sum()), accuracy(miss), int(miss.sum())])
+  return np.asarray(rows, dtype=np.float64)
+
+
+def recall_report(run, batches):
+  """Over `batches` of an MQAR run: {"num_queries", "accuracy", "value_hits" and
+  "key_hits" ([layers][H] rates), "table" ([layers][H][5], recall_table)}."""
+  value, key, queries, correct = [], [], [], []
+  for batch in batches:
+    hits = [recall_hits(w, batch) for w in attention_weights(run, run.params, batch)]
+    value.append(np.stack([v for v, _, _ in hits]))   # [layers, B, H, Lq]
+    key.append(np.stack([k for _, k, _ in hits]))
+    queries.append(hits[0][2])
+    logits = np.asarray(_apply(run, run.params, batch))
+    correct.append(logits.argmax(-1) == np.asarray(batch["targets"]))
+  value, key = np.concatenate(value, axis=1), np.concatenate(key, axis=1)
+  queries, correct = np.concatenate(queries), np.concatenate(correct)
+  n = max(int(queries.sum()), 1)
+  return {"num_queries": int(queries.sum()),
+          "accuracy": float(correct[queries].mean()) if queries.any() else math.nan,
+          "value_hits": (value.sum((1, 3)) / n).tolist(),
+          "key_hits": (key.sum((1, 3)) / n).tolist(),
+          "table": [recall_table(v, queries, correct).tolist() for v in value]}
+
+
+def without_head(params, layer, head):
+  """The parameters with head `head` of layer `layer` removed: its slice of the
+  attention's out kernel zeroed, so its output no longer reaches the stream."""
+  found = []
+
+  def edit(path, leaf):
+    names = [str(getattr(p, "key", "")) for p in path]
+    if (len(names) >= 4 and names[-4:] == [f"block_{layer}", "attention", "out", "kernel"]):
+      found.append(names)
+      return leaf.at[head].set(0.0)
+    return leaf
+  edited = jax.tree_util.tree_map_with_path(edit, params)
+  if not found:
+    raise ValueError(f"the model has no layer {layer} (no block_{layer}/attention/out)")
+  return edited
+
+
+def eval_loss(run, params, batches):
+  """The mean cross-entropy over the real targets of `batches`."""
+  total, count = 0.0, 0.0
+  for batch in batches:
+    logits = _apply(run, params, batch)
+    sums = train.loss_and_metrics(logits, {k: jnp.asarray(v) for k, v in batch.items()},
+                                  run.kind)
+    total += float(sums["loss"])
+    count += float(sums["count"])
+  return total / max(count, 1.0)
+
+
+def head_ablation(run, batches):
+  """(loss with every head, float [layers, H]: loss without each head minus it)."""
+  batches = list(batches)
+  base = eval_loss(run, run.params, batches)
+  weights = attention_weights(run, run.params, batches[0])
+  layers, heads = len(weights), weights[0].shape[1]
+  delta = np.zeros((layers, heads))
+  for layer, head in itertools.product(range(layers), range(heads)):
+    delta[layer, head] = eval_loss(run, without_head(run.params, layer, head), batches) - base
+  return base, delta
+
+
+def plot_maps(weights, batch, path, *, num_examples=2, title=""):
+  """One PNG: a row per example, a column per head, each the weights over real tokens."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  rows = query_rows(weights, batch)
+  examples = [i for i in range(weights.shape[0]) if rows[i].any()][:num_examples]
+  heads = weights.shape[1]
+  fig = Figure(figsize=(2.2 * heads, 2.2 * max(len(examples), 1) + 0.4), dpi=100)
+  axes = np.asarray(fig.subplots(max(len(examples), 1), heads, squeeze=False))
+  for r, i in enumerate(examples):
+    n = int(rows[i].sum())
+    keys = np.flatnonzero(rows[i])
+    for h in range(heads):
+      ax = axes[r, h]
+      ax.imshow(weights[i, h][np.ix_(keys, keys)] if len(keys) == n else weights[i, h],
+                cmap="viridis", vmin=0.0, interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if r == 0:
+        ax.set_title(f"head {h}", fontsize=9)
+      if h == 0:
+        ax.set_ylabel(f"example {i}\nquery", fontsize=8)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  with storage.path(path).open("wb") as f:
+    fig.savefig(f, format="png")
+
+
+def report(run, batches, out_dir, *, num_examples=2):
+  """Writes maps_layer<l>.png, heads.md and heads.json into out_dir; returns the stats."""
+  from attention_research import tabulate  # pylint: disable=g-import-not-at-top
+  batches = list(batches)
+  first = batches[0]
+  weights = attention_weights(run, run.params, first)
+  entropy = head_entropy(weights, first)
+  divergence = head_divergence(weights, first)
+  base, delta = head_ablation(run, batches)
+  storage.path(out_dir).mkdir(parents=True, exist_ok=True)
+  for layer, w in enumerate(weights):
+    plot_maps(w, first, os.path.join(out_dir, f"maps_layer{layer}.png"),
+              num_examples=num_examples,
+              title=f"layer {layer}: attention weights (rows: queries, columns: keys)")
+  heads = entropy.shape[1]
+  nearest = [[float(min(divergence[l, h, o] for o in range(heads) if o != h))
+              if heads > 1 else math.nan for h in range(heads)] for l in range(len(weights))]
+  rows = [[l, h, entropy[l, h], nearest[l][h], delta[l, h]]
+          for l in range(len(weights)) for h in range(heads)]
+  header = ["layer", "head", "entropy (bits)", "JS to nearest head (bits)",
+            "loss without it - loss"]
+  text = (f"Step {run.step} of a {run.config.model} with {run.config.attention} attention on "
+          f"{run.config.task}; eval loss {base:.4f} over {len(batches)} batches; entropy and "
+          f"divergence over the first batch's real query rows.\n\n"
+          + tabulate.markdown_table(header, rows) + "\n")
+  storage.write_text(os.path.join(out_dir, "heads.md"), text)
+  stats = {"step": run.step, "eval_loss": base, "entropy_bits": entropy.tolist(),
+           "js_divergence_bits": divergence.tolist(), "ablation_delta_loss": delta.tolist()}
+  if run.config.task == "mqar":
+    recall = recall_report(run, batches)
+    rows = [[l, h, *r] for l, table in enumerate(recall["table"]) for h, r in enumerate(table)]
+    header = ["layer", "head", "top key is the value", "accuracy if so", "n",
+              "accuracy if not", "n"]
+    storage.write_text(os.path.join(out_dir, "recall.md"), (
+        f"MQAR: {recall['num_queries']} queries over {len(batches)} batches, accuracy "
+        f"{recall['accuracy']:.4f}. Per head: how often its most-attended position is the "
+        f"queried key's value in the context, and the model's accuracy on those queries "
+        f"and on the others.\n\n" + tabulate.markdown_table(header, rows) + "\n"))
+    stats["recall"] = recall
+  storage.write_json(os.path.join(out_dir, "heads.json"), stats, indent=1)
+  return stats

@@ -1,0 +1,211 @@
+"""Attention weights out of a trained model, and the inspection binary on a tiny checkpoint.
+
+The weights are checked against the float64 reference and against each
+variant's own output (weights @ values); the statistics against SciPy's
+entropy and Jensen-Shannon distance; head ablation against a second way of
+silencing a head (its value projection zeroed instead of its out slice).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.spatial import distance
+from scipy import stats
+
+from attention_research import attention
+from attention_research import inspect
+from attention_research import models
+from tests import reference
+from tests.test_train import ROOT
+from tests.test_train import run_env
+
+EXACT = [("dense", {}), ("blockwise", {"block_q": 4, "block_k": 4}), ("local", {"window": 3}),
+         ("strided", {"stride": 3}), ("bigbird", {"block_size": 2})]
+
+
+@pytest.mark.parametrize("name,options", EXACT)
+@pytest.mark.parametrize("causal", [False, True])
+def test_probabilities_are_the_weights_each_exact_variant_applies(name, options, causal):
+  rng = np.random.default_rng(0)
+  b, length, heads, kv_heads, d = 2, 12, 4, 2, 8
+  q = rng.normal(size=(b, length, heads, d)).astype(np.float32)
+  k = rng.normal(size=(b, length, kv_heads, d)).astype(np.float32)
+  v = rng.normal(size=(b, length, kv_heads, d)).astype(np.float32)
+  kv_mask = np.ones((b, length), bool)
+  kv_mask[1, 9:] = False
+  extra = {}
+  if name == "dense":
+    extra["alibi_slopes"] = attention.alibi_slopes(heads)
+  p = np.asarray(attention.probabilities(name, jnp.asarray(q), jnp.asarray(k), causal=causal,
+                                         kv_mask=jnp.asarray(kv_mask), **options, **extra))
+  assert p.shape == (b, heads, length, length)
+  pattern = attention.variant(name).mask(length, length, causal=causal,
+                                         **attention.variant(name).resolved_options(options))
+  allowed = reference.full_mask(b, heads, length, length, pattern, kv_mask)
+  bias = reference.alibi_bias(extra["alibi_slopes"], length, length) if extra else None
+  expected = reference._probabilities(q.astype(np.float64),
+                                      reference.expand_kv(k, heads).astype(np.float64),
+                                      allowed, bias)
+  np.testing.assert_allclose(p, expected, atol=2e-6)
+  # The variant's own output is these weights times the values.
+  out = attention.get(name)(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), causal=causal,
+                            kv_mask=jnp.asarray(kv_mask), **options, **extra)
+  weighted = np.einsum("bhqk,bkhd->bqhd", p, reference.expand_kv(v, heads))
+  np.testing.assert_allclose(np.asarray(out), weighted, atol=2e-5)
+
+
+def test_linear_variants_have_no_weights():
+  x = jnp.ones((1, 4, 2, 8))
+  with pytest.raises(ValueError, match=r"attention 'performer' is not softmax over keys and "
+                                       r"has no attention weights; variants that have: \["):
+    attention.probabilities("performer", x, x)
+
+
+def _tiny_config(attention_name="dense"):
+  from configs.tasks import copy as copy_task
+  c = copy_task.get_config("scale=cpu")
+  c.attention = attention_name
+  c.task_options.update(length=8, num_train=64, num_test=16)
+  c.max_len = 16
+  c.num_layers, c.d_model, c.num_heads, c.mlp_dim = 2, 16, 2, 32
+  return c
+
+
+def test_the_model_returns_its_weights_without_changing_its_output():
+  settings = models.resolve(_tiny_config())
+  model = models.build(settings, vocab_size=16)
+  tokens = jnp.asarray(np.random.default_rng(1).integers(1, 16, (2, 16)))
+  mask = jnp.ones((2, 16), bool).at[1, 12:].set(False)
+  params = model.init(jax.random.key(0), tokens, mask, train=False)["params"]
+  plain = model.apply({"params": params}, tokens, mask, train=False)
+  logits, state = model.apply({"params": params}, tokens, mask, train=False,
+                              mutable=["intermediates"])
+  np.testing.assert_array_equal(np.asarray(logits), np.asarray(plain))
+  found = jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
+  assert len(found) == 2  # one per layer
+  for _, w in found:
+    w = np.asarray(w)
+    assert w.shape == (2, 2, 16, 16)
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)     # every row (causal: key 0)
+    assert (np.triu(w, 1) == 0).all()                          # causal
+    assert (w[1, :, :, 12:] == 0).all()                        # padding keys get nothing
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A 2-layer, 2-head decoder trained 60 steps on a small MQAR: its workdir."""
+  root = tmp_path_factory.mktemp("inspect")
+  workdir = root / "run"
+  command = [sys.executable, "-m", "experiments.train",
+             "--config=configs/tasks/mqar.py:scale=cpu", f"--workdir={workdir}",
+             f"--config.data_dir={root / 'data'}", "--config.total_steps=60",
+             "--config.log_every=20", "--config.eval_every=60", "--config.checkpoint_every=60",
+             "--config.batch_size=16", "--config.num_layers=2", "--config.d_model=16",
+             "--config.num_heads=2", "--config.mlp_dim=32", "--config.max_len=16",
+             "--config.task_options.vocab_size=32", "--config.task_options.seq_len=16",
+             "--config.task_options.num_kv_pairs=2", "--config.task_options.num_train=1024",
+             "--config.task_options.num_test=32",
+             f"--jax_cache_dir={os.path.join(ROOT, 'tests', '.jax_cache')}"]
+  done = subprocess.run(command, cwd=ROOT, env=run_env(), capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return workdir
+
+
+def test_recall_hits_against_hand_built_weights():
+  # Two MQAR rows of 8 tokens: pairs (5, 20) (6, 21) then noise, the queries at 5 and 6.
+  inputs = np.array([[5, 20, 6, 21, 9, 6, 21, 5], [5, 20, 6, 21, 5, 20, 9, 9]])
+  target_mask = np.zeros((2, 8), bool)
+  target_mask[0, 5] = target_mask[1, 4] = True
+  batch = {"inputs": inputs, "target_mask": target_mask, "example_mask": np.array([1, 1], bool)}
+  keys = inspect.recall_positions(batch)
+  assert keys[0, 5] == 2 and keys[1, 4] == 0 and (keys[target_mask == 0] == -1).all()
+  weights = np.full((2, 2, 8, 8), 0.01)
+  weights[0, 0, 5, 3] = weights[1, 0, 4, 1] = 1.0    # head 0: the value, both queries
+  weights[0, 1, 5, 2] = weights[1, 1, 4, 3] = 1.0    # head 1: the key, then a wrong value
+  value_hits, key_hits, queries = inspect.recall_hits(weights, batch)
+  assert value_hits[:, 0][queries].all() and not value_hits[:, 1][queries].any()
+  assert key_hits[0, 1, 5] and not key_hits[1, 1, 4]
+  correct = np.zeros((2, 8), bool)
+  correct[0, 5] = True                                # right on the first query only
+  table = inspect.recall_table(value_hits, queries, correct)
+  np.testing.assert_allclose(table[0], [1.0, 0.5, 2, np.nan, 0])
+  np.testing.assert_allclose(table[1], [0.0, np.nan, 0, 0.5, 2])
+
+
+def test_statistics_and_ablation_on_a_trained_checkpoint(trained):
+  run = inspect.load(str(trained))
+  assert run.step == 60 and run.kind == "lm"
+  batches = [b for _, b in zip(range(2), inspect.eval_batches(run, batch_size=8))]
+  weights = inspect.attention_weights(run, run.params, batches[0])
+  assert [w.shape for w in weights] == [(8, 2, 16, 16)] * 2
+  rows = inspect.query_rows(weights[0], batches[0])
+  entropy = inspect.head_entropy(weights, batches[0])
+  divergence = inspect.head_divergence(weights, batches[0])
+  for layer, w in enumerate(weights):
+    for h in range(2):
+      expected = np.mean([stats.entropy(w[i, h, q], base=2) for i, q in zip(*np.nonzero(rows))])
+      assert entropy[layer, h] == pytest.approx(expected, abs=1e-5)
+    js = np.mean([distance.jensenshannon(w[i, 0, q], w[i, 1, q], base=2) ** 2
+                  for i, q in zip(*np.nonzero(rows))])
+    assert divergence[layer, 0, 1] == pytest.approx(js, abs=1e-5)
+    assert divergence[layer, 1, 0] == divergence[layer, 0, 1] and divergence[layer, 0, 0] == 0
+  # Removing a head by its out slice = removing it by its values (both silence it).
+  base, delta = inspect.head_ablation(run, batches)
+  assert base == pytest.approx(inspect.eval_loss(run, run.params, batches))
+  for layer, head in [(0, 1), (1, 0)]:
+    def zero_values(path, leaf):
+      names = [str(getattr(p, "key", "")) for p in path]
+      if names[-4:-1] == [f"block_{layer}", "attention", "value"]:
+        return leaf.at[..., head, :].set(0.0)   # kernel [d, H, D], bias [H, D]
+      return leaf
+    silenced = jax.tree_util.tree_map_with_path(zero_values, run.params)
+    assert delta[layer, head] == pytest.approx(
+        inspect.eval_loss(run, silenced, batches) - base, abs=1e-5)
+  assert np.abs(delta).max() > 1e-4   # the heads matter after training
+  with pytest.raises(ValueError, match=r"the model has no layer 5"):
+    inspect.without_head(run.params, 5, 0)
+
+
+def test_the_binary_writes_maps_and_the_head_table(trained, tmp_path):
+  out = tmp_path / "inspect"
+  done = subprocess.run([sys.executable, "-m", "experiments.inspect_attention",
+                         f"--workdir={trained}", f"--out_dir={out}", "--num_batches=2",
+                         f"--jax_cache_dir={os.path.join(ROOT, 'tests', '.jax_cache')}"],
+                        cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert sorted(os.listdir(out)) == ["heads.json", "heads.md", "maps_layer0.png",
+                                     "maps_layer1.png", "recall.md"]
+  for name in ("maps_layer0.png", "maps_layer1.png"):
+    with open(out / name, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  saved = json.load(open(out / "heads.json"))
+  assert np.asarray(saved["entropy_bits"]).shape == (2, 2) and saved["step"] == 60
+  # MQAR: 32 test examples of 2 queries each (2 batches of 8 read: 16 examples).
+  recall = saved["recall"]
+  assert recall["num_queries"] == 32 and np.asarray(recall["table"]).shape == (2, 2, 5)
+  assert "| layer | head | top key is the value |" in (out / "recall.md").read_text()
+  table = (out / "heads.md").read_text()
+  assert table in done.stdout + "\n" or done.stdout in table
+  assert "| layer | head | entropy (bits) | JS to nearest head (bits) |" in table
+  assert len([line for line in table.splitlines() if line.startswith("| ")]) == 1 + 4
+
+
+def test_runs_without_weights_or_checkpoints_are_refused(tmp_path):
+  config = _tiny_config("linear").to_dict()
+  (tmp_path / "linear").mkdir()
+  (tmp_path / "linear" / "config.json").write_text(json.dumps(config))
+  with pytest.raises(ValueError, match=r"config.attention='linear' is not softmax over keys"):
+    inspect.load(str(tmp_path / "linear"))
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty" / "config.json").write_text(json.dumps(_tiny_config().to_dict()))
+  with pytest.raises(ValueError, match=r"has no checkpoint that reads and verifies"):
+    inspect.load(str(tmp_path / "empty"))
+  with pytest.raises(ValueError, match=r"has no config.json"):
+    inspect.load(str(tmp_path / "nowhere"))
