@@ -5,7 +5,7 @@
     weights = inspect.attention_weights(run, run.params, batch)   # [layers][B, H, Lq, Lk]
     inspect.head_entropy(weights, batch)                # [layers, H], bits
     inspect.head_divergence(weights, batch)             # [layers, H, H], bits
-    inspect.head_ablation(run, batches)                 # [layers, H]: loss without the head
+    inspect.head_ablation(run, batches)   # (loss, [layers, H]: loss without each head - loss)
 
 The weights come from the model itself (`apply(..., mutable=["intermediates"])`,
 attention_layer.py), so they are the ones its output used, for every exact
@@ -63,7 +63,11 @@ class Run:
 
 
 def load(workdir, *, data_dir=None):
-  """The trained run in `workdir` (its config.json and newest verified checkpoint)."""
+  """The trained run in `workdir` (its config.json and newest verified checkpoint).
+
+  As a resume would, it moves a checkpoint that does not verify aside (to
+  checkpoints/corrupt/); inspect a run that has stopped, not one still writing.
+  """
   try:
     saved = storage.read_json(os.path.join(workdir, "config.json"))
   except FileNotFoundError:
@@ -123,7 +127,10 @@ def attention_weights(run, params, batch):
     names = [getattr(p, "key", getattr(p, "name", None)) for p in path]
     if WEIGHTS not in names:
       continue
-    layer = next(int(m.group(1)) for n in names if (m := _BLOCK.match(str(n))))
+    layers = [int(m.group(1)) for n in names if (m := _BLOCK.match(str(n)))]
+    if not layers:
+      raise ValueError(f"attention weights sown outside a block_<layer>: {names}")
+    layer = layers[0]
     found.setdefault(layer, []).append(np.asarray(value))
   return [np.concatenate(found[layer]) for layer in sorted(found)]
 
@@ -229,6 +236,10 @@ def without_head(params, layer, head):
   """The parameters with head `head` of layer `layer` removed: its slice of the
   attention's out kernel zeroed, so its output no longer reaches the stream."""
   found = []
+  heads = [leaf.shape[0] for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+           if [str(getattr(p, "key", "")) for p in path][-3:] == ["attention", "out", "kernel"]]
+  if heads and not 0 <= head < heads[0]:
+    raise ValueError(f"`head` must be in [0, {heads[0]}), got {head}")
 
   def edit(path, leaf):
     names = [str(getattr(p, "key", "")) for p in path]
@@ -238,7 +249,7 @@ def without_head(params, layer, head):
     return leaf
   edited = jax.tree_util.tree_map_with_path(edit, params)
   if not found:
-    raise ValueError(f"the model has no layer {layer} (no block_{layer}/attention/out)")
+    raise ValueError(f"`layer` must be in [0, {len(heads)}): the model has no layer {layer}")
   return edited
 
 
@@ -275,12 +286,11 @@ def plot_maps(weights, batch, path, *, num_examples=2, title=""):
   fig = Figure(figsize=(2.2 * heads, 2.2 * max(len(examples), 1) + 0.4), dpi=100)
   axes = np.asarray(fig.subplots(max(len(examples), 1), heads, squeeze=False))
   for r, i in enumerate(examples):
-    n = int(rows[i].sum())
     keys = np.flatnonzero(rows[i])
     for h in range(heads):
       ax = axes[r, h]
-      ax.imshow(weights[i, h][np.ix_(keys, keys)] if len(keys) == n else weights[i, h],
-                cmap="viridis", vmin=0.0, interpolation="nearest")
+      ax.imshow(weights[i, h][np.ix_(keys, keys)], cmap="viridis", vmin=0.0,
+                interpolation="nearest")
       ax.set_xticks([])
       ax.set_yticks([])
       if r == 0:
@@ -294,7 +304,8 @@ def plot_maps(weights, batch, path, *, num_examples=2, title=""):
 
 
 def report(run, batches, out_dir, *, num_examples=2):
-  """Writes maps_layer<l>.png, heads.md and heads.json into out_dir; returns the stats."""
+  """Writes maps_layer<l>.png, heads.md (recall.md for MQAR) and heads.json into out_dir;
+  returns heads.md's text."""
   from attention_research import tabulate  # pylint: disable=g-import-not-at-top
   batches = list(batches)
   first = batches[0]
@@ -333,4 +344,4 @@ def report(run, batches, out_dir, *, num_examples=2):
         f"and on the others.\n\n" + tabulate.markdown_table(header, rows) + "\n"))
     stats["recall"] = recall
   storage.write_json(os.path.join(out_dir, "heads.json"), stats, indent=1)
-  return stats
+  return text

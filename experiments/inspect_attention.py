@@ -53,9 +53,7 @@ def main(argv):
   batches = inspect.eval_batches(run, batch_size=_BATCH_SIZE.value)
   batches = [b for _, b in zip(range(_NUM_BATCHES.value), batches)]
   out_dir = _OUT_DIR.value or os.path.join(_WORKDIR.value, "inspect")
-  inspect.report(run, batches, out_dir, num_examples=_NUM_EXAMPLES.value)
-  with open(os.path.join(out_dir, "heads.md")) as f:
-    print(f.read(), end="")
+  print(inspect.report(run, batches, out_dir, num_examples=_NUM_EXAMPLES.value), end="")
 
 
 if __name__ == "__main__":

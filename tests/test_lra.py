@@ -290,9 +290,11 @@ def test_every_task_of_the_table1_sweep_runs_through_the_sweep_runner(imdb_dir, 
   table = tables.build_table(spec, *tables.load(workdir)[1:])
   local = next(row for row in table["rows"] if row[0] == "local")
   # Every column but Path-X holds the one trial's accuracy (a number, n=1); the
-  # Avg waits for Path-X.
+  # Avg, over the five columns but Path-X, is their mean.
   for header, cell in zip(table["header"][1:7], local[1:7]):
     assert (cell == "") if header == "Path-X" else (0 <= float(cell) <= 100), (header, cell)
+  assert table["header"][7] == "Avg"
+  assert float(local[7]) == pytest.approx(np.mean([float(c) for c in local[1:6]]), abs=0.01)
   targets = {json.load(open(os.path.join(workdir, "trials", t[1], "result.json")))
              ["final_eval"]["num_targets"] for t in trials}
   assert targets <= {2, 3, 4}

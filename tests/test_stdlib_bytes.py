@@ -65,9 +65,11 @@ def test_the_split_is_by_file_and_the_windows_are_the_split_s_bytes(fake_stdlib)
       "zipfile.py")
   texts = expected_split(fake_stdlib, 0.5)
   assert texts["train"] and texts["test"]  # this fixture's paths fall on both sides
-  for i in range(4):  # test windows in order from the start
+  stride = (len(texts["test"]) - 17) // 3   # 4 windows spread over the whole test text
+  assert stride >= 17
+  for i in range(4):
     example = stdlib_bytes.generate(opts, "test", i)
-    window = texts["test"][17 * i:17 * i + 17]
+    window = texts["test"][stride * i:stride * i + 17]
     np.testing.assert_array_equal(example["inputs"], np.frombuffer(window[:16], np.uint8) + 1)
     np.testing.assert_array_equal(example["targets"], np.frombuffer(window[1:], np.uint8) + 1)
     assert example["target_mask"].all()
@@ -103,10 +105,26 @@ def test_options_record_the_interpreter_and_the_corpus(fake_stdlib):
 
 
 def test_this_machine_s_stdlib_is_a_corpus_of_megabytes():
+  import sysconfig
   opts = data.resolve_options("stdlib_bytes", {})
-  digest, texts = stdlib_bytes._corpus(stdlib_bytes.stdlib_dir(), opts["test_fraction"])
-  assert opts["corpus"] == digest and len(texts["train"]) > 1_000_000
-  assert 0 < len(texts["test"]) < len(texts["train"])
+  root = sysconfig.get_paths()["stdlib"]
+  digest, size = hashlib.sha256(), 0
+  excluded = {"test", "tests", "idle_test", "site-packages", "dist-packages"}
+  paths = []  # the corpus, walked here
+  for directory, _, files in os.walk(root):
+    if not set(os.path.relpath(directory, root).split(os.sep)) & excluded:
+      paths += [os.path.relpath(os.path.join(directory, f), root) for f in files
+                if f.endswith(".py")]
+  paths.sort()
+  for path in paths:
+    content = open(os.path.join(root, path), "rb").read()
+    digest.update(path.encode() + b"\0" + content + b"\0")
+    size += len(content)
+  assert opts["corpus"] == digest.hexdigest()[:16] and size > 1_000_000
+  # The task config records this machine's stdlib in the run's config.
+  from configs.tasks import stdlib_bytes as config_file
+  options = config_file.get_config("scale=cpu").task_options
+  assert (options.python_version, options.corpus) == (platform.python_version(), opts["corpus"])
 
 
 def test_the_trainer_reports_bits_per_byte(tmp_path):

@@ -526,6 +526,14 @@ def test_named_columns_and_the_average_over_them(tmp_path):
   assert dense.endswith(",58.33 ± 35.86 (n=3),")
   # local ran seeds 0, 1 and 0, 2: the Avg (0.1875 + 0.625) / 2 has no interval.
   assert local.endswith(",40.62 (n=2),")
+  # average_over: the Avg of the named columns only (Path-X and Text left out), and
+  # a diverged trial in one of them is named in the Avg too.
+  over = spec | {"average_over": ["ListOps", "Pathfinder"]}
+  diverged = trials + [({"attention": "dense", "task": "listops", "seed": 3},
+                        _result("diverged", None, None))]
+  text = tables.render(make_workdir(tmp_path / "u", diverged, [over]), fmt="csv")
+  dense = text.split("\n")[1]
+  assert dense.endswith(",58.33 ± 35.86 (n=3; 1 diverged),")
 
   # A plot with a series per named column: each point in its column's series (the copy
   # trial in none), the means and intervals those of the cells.
@@ -550,6 +558,10 @@ def test_named_columns_and_the_average_over_them(tmp_path):
     tables.check_spec(spec | {"columns": {"ListOps": "listops"}}, listed)
   with pytest.raises(ValueError, match=r"column 'Text': field 'task_name' is in no trial"):
     tables.check_spec(spec | {"columns": {"Text": {"task_name": "x"}}}, listed)
+  with pytest.raises(ValueError, match=r"`average_over` lists named columns to average"):
+    tables.check_spec(spec | {"average_over": ["Image"]}, listed)
+  with pytest.raises(ValueError, match=r"named `columns` map a header to the overrides"):
+    tables.check_spec(spec | {"columns": {"All": {}}}, listed)
   with pytest.raises(ValueError, match=r"`average` needs `columns`"):
     tables.check_spec(spec | {"relative_to": {"attention": "dense"}}, listed)
 

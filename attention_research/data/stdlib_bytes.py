@@ -12,9 +12,9 @@ files are listed in.
 An example is `length + 1` consecutive bytes of its split's files (joined in
 path order, each followed by a newline): inputs = the first `length` bytes,
 targets the next byte at each position, the loss on every position. Train
-examples start at offsets drawn from (seed, index); test example i is the
-i-th window from the start of the test text, so the eval reads the
-validation text in order and once. Token ids are byte + 1 (0 is padding),
+examples start at offsets drawn from (seed, index); the `num_test` test
+windows are spread evenly over the whole test text (without overlapping), so
+the eval samples every part of it, the same windows on every run. Token ids are byte + 1 (0 is padding),
 as `common.byte_tokens` makes them; the trainer's eval reports
 `bits_per_token`, here bits per byte.
 
@@ -22,8 +22,10 @@ The corpus differs between Python versions and builds (distributions patch
 or split off parts of the stdlib), so results depend on it: the options
 record the interpreter's version and a digest of the corpus (`corpus`: the
 first 16 hex digits of the SHA-256 over every file's path and bytes), filled
-in from this machine when left empty. A dataset asked for with another
-machine's digest is an error naming both, never a silent change of data.
+in from this machine when left empty; configs/tasks/stdlib_bytes.py fills
+them in the config, so a run's config.json records them and a resume on a
+machine with another stdlib is an error naming both, never a silent change of
+data.
 """
 
 import dataclasses
@@ -147,7 +149,7 @@ def generate(options, split, index) -> dict:
   text = _corpus(stdlib_dir(), options["test_fraction"])[1][split]
   span = options["length"] + 1
   if split == "test":
-    start = index * span
+    start = index * ((len(text) - span) // max(options["num_test"] - 1, 1))
   else:
     start = int(common.example_rng(options["seed"], split, index).integers(0, len(text) - span + 1))
   seq = common.byte_tokens(text[start:start + span].tobytes(), span)

@@ -23,7 +23,8 @@ render or recompute the tables from that file alone. A table spec (a JSON-able d
                                            #    "Path-X": {"task": "pathfinder",
                                            #               "task_options.image_size": 128}}
      "average": "Avg",                     # optional: a column of the mean over our
-                                           # columns (LRA's Avg); blank until all have run
+                                           # columns (LRA's Avg); blank until all have run;
+     "average_over": ["ListOps", "Text"],  # optional: only these columns (default: all)
      "metric": "final_eval.accuracy",      # dotted path into result.json
      "metric_label": "eval accuracy",      # optional (default: the metric path)
      "format": "{:.3f}",                   # optional (default "{:.4g}")
@@ -101,7 +102,8 @@ from attention_research import tabulate
 FORMATS = {"markdown": "md", "latex": "tex", "csv": "csv"}
 PLOT_KINDS = ("line", "loglog_slope")
 COLUMNS_SERIES = "columns"  # a plot's series: one per named column of its table
-_TABLE_KEYS = ("name", "caption", "rows", "columns", "average", "metric", "metric_label",
+_TABLE_KEYS = ("name", "caption", "rows", "columns", "average", "average_over", "metric",
+               "metric_label",
                "format", "scale", "filters", "relative_to", "published", "plots")
 CONFIDENCE = 0.95
 _PLOT_KEYS = ("kind", "x", "y", "series", "logx", "logy", "title")
@@ -347,7 +349,7 @@ def check_spec(spec, trials):
   columns = spec.get("columns", [])
   if isinstance(columns, dict):
     for header, column_filters in columns.items():
-      if not isinstance(header, str) or not isinstance(column_filters, dict):
+      if not isinstance(header, str) or not isinstance(column_filters, dict) or not column_filters:
         raise ValueError(f"table {name!r}: named `columns` map a header to the overrides "
                          f"that select its trials, e.g. {{'ListOps': {{'task': 'listops'}}}}; "
                          f"got {header!r}: {column_filters!r:.200}")
@@ -363,6 +365,12 @@ def check_spec(spec, trials):
     if not columns or spec.get("relative_to"):
       raise ValueError(f"table {name!r}: `average` needs `columns` to average over and no "
                        f"`relative_to`")
+  over = spec.get("average_over")
+  if over is not None:
+    headers = list(columns) if isinstance(columns, dict) else None
+    if average is None or headers is None or not over or set(over) - set(headers):
+      raise ValueError(f"table {name!r}: `average_over` lists named columns to average, with "
+                       f"`average` set; named columns: {headers}, got {over!r}")
   for _, _, fmt, _ in metrics:
     try:
       fmt.format(1.0)
@@ -459,8 +467,9 @@ def build_table(spec, trials, results):
       any_count |= "(n=" in text
     if average:
       _, metric, _, fmt, scale = columns[0]
-      text = _average_cell([cells.get((rk, ck), []) for ck, *_ in columns], results, metric,
-                           fmt, scale)
+      over = spec.get("average_over")
+      text = _average_cell([cells.get((rk, ck), []) for ck, *_ in columns
+                            if over is None or col_keys[ck] in over], results, metric, fmt, scale)
       row.append(text)
       any_count |= "(n=" in text
     rows.append(row)
@@ -529,8 +538,10 @@ def _cell(cell_trials, results, metric, fmt, reference=None, scale=1.0):
 
 def _average_cell(row_cells, results, metric, fmt, scale):
   """The mean of a row's column means; blank until every column has a value. Its
-  interval is over the per-seed averages when every column ran the same seeds."""
-  columns = [_cell_values(c, results, metric)[0] for c in row_cells]
+  interval is over the per-seed averages when every column ran the same seeds; n is
+  the fewest completed trials of a column, and trials that ended otherwise are named."""
+  ended = [_cell_values(c, results, metric) for c in row_cells]
+  columns = [values for values, _ in ended]
   if not all(columns):
     return ""
   mean = float(np.mean([np.mean([v for _, v in c]) for c in columns]))
@@ -545,8 +556,13 @@ def _average_cell(row_cells, results, metric, fmt, scale):
   text = fmt.format(mean * scale)
   if half is not None:
     text += " ± " + fmt.format(half * scale)
-  n = max(counts)
-  return _with_notes(text, [f"n={n}"] if n > 1 else [])
+  unsuccessful = {}
+  for _, statuses in ended:
+    for status, count in statuses.items():
+      unsuccessful[status] = unsuccessful.get(status, 0) + count
+  n = min(counts)
+  notes = [f"n={n}"] if n > 1 or unsuccessful else []
+  return _with_notes(text, notes + [f"{c} {s}" for s, c in unsuccessful.items()])
 
 
 def _cell_values(cell_trials, results, metric):
