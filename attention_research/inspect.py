@@ -60,6 +60,7 @@ class Run:
   params: Any        # the newest checkpoint's parameters
   step: int          # ... and its step
   kind: str          # the task's kind: classification, lm or pair
+  apply: Any         # model.apply, jitted once: the ablation runs it layers x heads times
 
 
 def load(workdir, *, data_dir=None):
@@ -101,7 +102,8 @@ def load(workdir, *, data_dir=None):
     raise ValueError(f"workdir {workdir!r} has no checkpoint that reads and verifies "
                      f"(checkpoints/ is empty or every one is corrupt)")
   step, restored, _ = found
-  return Run(config, model, restored["params"], int(step), kind)
+  apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+  return Run(config, model, restored["params"], int(step), kind, apply)
 
 
 def eval_batches(run, *, batch_size=8):
@@ -114,14 +116,14 @@ def eval_batches(run, *, batch_size=8):
 
 
 def _apply(run, params, batch, **kwargs):
-  return run.model.apply({"params": params}, jnp.asarray(batch["inputs"]),
-                         jnp.asarray(batch["input_mask"]), train=False, **kwargs)
+  return run.apply({"params": params}, jnp.asarray(batch["inputs"]),
+                   jnp.asarray(batch["input_mask"]), train=False, **kwargs)
 
 
 def attention_weights(run, params, batch):
   """[layers] of float32 [B, H, Lq, Lk] in layer order (a dual encoder's: [2B, ...], each
   example's two documents in turn)."""
-  _, state = _apply(run, params, batch, mutable=["intermediates"])
+  _, state = _apply(run, params, batch, mutable=("intermediates",))
   found = {}
   for path, value in jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]:
     names = [getattr(p, "key", getattr(p, "name", None)) for p in path]
@@ -232,25 +234,34 @@ def recall_report(run, batches):
           "table": [recall_table(v, queries, correct).tolist() for v in value]}
 
 
+def _out_kernel_layer(path):
+  """The layer of an attention `out` kernel's parameter path, else None."""
+  names = [str(getattr(p, "key", "")) for p in path]
+  if names[-3:] == ["attention", "out", "kernel"] and len(names) >= 4:
+    match = _BLOCK.match(names[-4])
+    return int(match.group(1)) if match else None
+  return None
+
+
+def num_layers_and_heads(params):
+  """(layers, heads) of the model, from its attention out kernels [H, D, d_model]."""
+  heads = {_out_kernel_layer(path): leaf.shape[0]
+           for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  heads.pop(None, None)
+  return len(heads), (max(heads.values()) if heads else 0)
+
+
 def without_head(params, layer, head):
   """The parameters with head `head` of layer `layer` removed: its slice of the
   attention's out kernel zeroed, so its output no longer reaches the stream."""
-  found = []
-  heads = [leaf.shape[0] for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-           if [str(getattr(p, "key", "")) for p in path][-3:] == ["attention", "out", "kernel"]]
-  if heads and not 0 <= head < heads[0]:
-    raise ValueError(f"`head` must be in [0, {heads[0]}), got {head}")
-
-  def edit(path, leaf):
-    names = [str(getattr(p, "key", "")) for p in path]
-    if (len(names) >= 4 and names[-4:] == [f"block_{layer}", "attention", "out", "kernel"]):
-      found.append(names)
-      return leaf.at[head].set(0.0)
-    return leaf
-  edited = jax.tree_util.tree_map_with_path(edit, params)
-  if not found:
-    raise ValueError(f"`layer` must be in [0, {len(heads)}): the model has no layer {layer}")
-  return edited
+  layers, heads = num_layers_and_heads(params)
+  if not 0 <= layer < layers:
+    raise ValueError(f"`layer` must be in [0, {layers}): the model has no layer {layer}")
+  if not 0 <= head < heads:
+    raise ValueError(f"`head` must be in [0, {heads}), got {head}")
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: leaf.at[head].set(0.0) if _out_kernel_layer(path) == layer else leaf,
+      params)
 
 
 def eval_loss(run, params, batches):
@@ -269,8 +280,7 @@ def head_ablation(run, batches):
   """(loss with every head, float [layers, H]: loss without each head minus it)."""
   batches = list(batches)
   base = eval_loss(run, run.params, batches)
-  weights = attention_weights(run, run.params, batches[0])
-  layers, heads = len(weights), weights[0].shape[1]
+  layers, heads = num_layers_and_heads(run.params)
   delta = np.zeros((layers, heads))
   for layer, head in itertools.product(range(layers), range(heads)):
     delta[layer, head] = eval_loss(run, without_head(run.params, layer, head), batches) - base

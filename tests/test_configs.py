@@ -137,6 +137,12 @@ def test_sweep_config_trials_and_tables_validate(name, scale):
   assert "TBD" not in module.__doc__ and "python -m experiments.sweep" in module.__doc__
 
 
+# LRA's columns and the task config files that build them, written out here.
+TASK_FILES = {"ListOps": ("listops", ",form=lra"), "Text": ("lra_text", ""),
+              "Retrieval": ("lra_retrieval", ""), "Image": ("lra_image", ""),
+              "Pathfinder": ("pathfinder", ",size=32"), "Path-X": ("pathfinder", ",size=128")}
+
+
 @pytest.mark.parametrize("scale,num_columns", [("cpu", 2), ("paper", 6)])
 def test_lra_table1_trials_are_the_task_configs_and_fill_each_column(scale, num_columns):
   from attention_research.sweep import grid
@@ -154,9 +160,17 @@ def test_lra_table1_trials_are_the_task_configs_and_fill_each_column(scale, num_
   for _, _, name, overrides, config in trials:
     header = tables._named_column({"overrides": overrides}, spec["columns"])
     cells.setdefault((header, config.attention), []).append(config.seed)
-    # The trial is its task's config file at this scale, with the variant (its
-    # sparse options for the length) and the seed set.
-    expected = lra_table1._task_config(header, scale)
+    # The trial is its task's config file at this scale (at cpu scale, with the
+    # sweep's documented changes), with the variant (its sparse options for the
+    # length) and the seed set.
+    module, arg = TASK_FILES[header]
+    expected = load(module).get_config(f"scale={scale}{arg}")
+    if scale == "cpu":
+      if header == "ListOps":
+        expected.task_options.update(min_len=32, max_len=256)
+        expected.max_len = 256
+      expected.total_steps = expected.eval_every = expected.checkpoint_every = (
+          {"ListOps": 400, "Pathfinder": 600}[header])
     expected.attention = config.attention
     expected.attention_options = common.attention_options(config.attention, expected.max_len)
     expected.seed = config.seed

@@ -14,9 +14,9 @@ path order, each followed by a newline): inputs = the first `length` bytes,
 targets the next byte at each position, the loss on every position. Train
 examples start at offsets drawn from (seed, index); the `num_test` test
 windows are spread evenly over the whole test text (without overlapping), so
-the eval samples every part of it, the same windows on every run. Token ids are byte + 1 (0 is padding),
-as `common.byte_tokens` makes them; the trainer's eval reports
-`bits_per_token`, here bits per byte.
+the eval samples every part of it, the same windows on every run. Token ids
+are byte + 1 (0 is padding), as `common.byte_tokens` makes them; the
+trainer's eval reports `bits_per_token`, here bits per byte.
 
 The corpus differs between Python versions and builds (distributions patch
 or split off parts of the stdlib), so results depend on it: the options
@@ -105,7 +105,8 @@ def check_options(options) -> dict:
   fraction = common.positive_float(NAME, "test_fraction", options["test_fraction"])
   if not fraction < 1:
     raise ValueError(f"{NAME}: option `test_fraction` must be in (0, 1), got {fraction!r}")
-  here_version, here_corpus = platform.python_version(), corpus_digest()
+  here_corpus, texts = _corpus(stdlib_dir(), fraction)  # one read gives both
+  here_version = platform.python_version()
   version = options["python_version"] or here_version
   corpus = options["corpus"] or here_corpus
   if (version, corpus) != (here_version, here_corpus):
@@ -114,7 +115,6 @@ def check_options(options) -> dict:
         f"machine has Python {here_version} with corpus {here_corpus} in {stdlib_dir()}. "
         f"Leave `python_version` and `corpus` empty to use this machine's, or run where "
         f"the asked-for interpreter is")
-  texts = _corpus(stdlib_dir(), fraction)[1]
   for split in common.SPLITS:
     if len(texts[split]) < length + 1:
       raise ValueError(f"{NAME}: the {split} split holds {len(texts[split])} bytes, fewer than "

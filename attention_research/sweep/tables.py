@@ -103,8 +103,8 @@ FORMATS = {"markdown": "md", "latex": "tex", "csv": "csv"}
 PLOT_KINDS = ("line", "loglog_slope")
 COLUMNS_SERIES = "columns"  # a plot's series: one per named column of its table
 _TABLE_KEYS = ("name", "caption", "rows", "columns", "average", "average_over", "metric",
-               "metric_label",
-               "format", "scale", "filters", "relative_to", "published", "plots")
+               "metric_label", "format", "scale", "filters", "relative_to", "published",
+               "plots")
 CONFIDENCE = 0.95
 _PLOT_KEYS = ("kind", "x", "y", "series", "logx", "logy", "title")
 _MISSING = object()   # a field or key that is not there
@@ -139,10 +139,11 @@ def load(workdir):
   return sweep.get("tables", []), trials, results
 
 
-def raw_results(workdir):
-  """The text of results.jsonl for a sweep's workdir (see the module docstring)."""
+def raw_results(workdir, loaded=None):
+  """The text of results.jsonl for a sweep's workdir (see the module docstring);
+  `loaded`: what load(workdir) returned, when the caller has read it already."""
   sweep = storage.read_json(os.path.join(workdir, "sweep.json"))
-  specs, trials, results = load(workdir)
+  specs, trials, results = loaded or load(workdir)
   lines = [{"sweep": {"config": sweep.get("config"), "tables": specs}}]
   for trial in trials:
     result = results[trial["id"]]
@@ -204,7 +205,7 @@ def write(workdir, out_dir, fmt="markdown"):
       paths.append(path)
   if not workdir.endswith(".jsonl"):
     path = os.path.join(out_dir, RESULTS_FILE)
-    storage.write_text(path, raw_results(workdir))
+    storage.write_text(path, raw_results(workdir, (specs, trials, results)))
     paths.append(path)
   return paths
 
