@@ -31,8 +31,30 @@ def parse_arg(arg, **defaults):
         raise ValueError(f"config argument {name!r} must be true or false, got {value!r}")
       parsed[name] = value.lower() in ("true", "1")
     else:
-      parsed[name] = kind(value)
+      try:
+        parsed[name] = kind(value)
+      except ValueError:
+        raise ValueError(f"config argument {name!r} must be {kind.__name__}, got "
+                         f"{value!r}") from None
   return parsed
+
+
+def sweep_arg(arg):
+  """A sweep config's argument: scale (cpu | paper) and seeds (how many, 0 to seeds - 1).
+
+  Every recorded sweep runs 3 seeds, so that each cell has an interval; seeds=1
+  is the quick look.
+  """
+  parsed = parse_arg(arg, scale="cpu", seeds=3)
+  one_of("scale", parsed.scale, ("cpu", "paper"))
+  if parsed.seeds < 1:
+    raise ValueError(f"config argument seeds={parsed.seeds}; allowed: an integer >= 1")
+  return parsed
+
+
+def seed_grid(h, arg):
+  """The seeds a sweep config's argument asks for, as a grid: seed 0 to seeds - 1."""
+  return h.sweep("seed", list(range(sweep_arg(arg).seeds)))
 
 
 def one_of(name, value, allowed):

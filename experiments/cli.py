@@ -55,6 +55,11 @@ def config_path():
   return config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
 
 
+def config_arg():
+  """The ':args' of the config file --config names ('' if none), e.g. 'scale=cpu,seeds=3'."""
+  return config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[2]
+
+
 def exit_with(error):
   """Exits with status 1 and the error on one line: a config mistake is not a crash."""
   sys.exit(f"error: {error}")

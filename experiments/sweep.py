@@ -4,7 +4,8 @@
 
 The config file has `get_config(arg)` (the base config) and `get_sweep(h)`
 (the grid, built with h.product, h.sweep, h.zipit, h.chainit, h.fixed; or
-`get_sweep(h, config)` to read the base config) and optionally
+`get_sweep(h, config)` to read the base config, or `get_sweep(h, config,
+arg)` to read the config argument too, e.g. `seeds=3`) and optionally
 `get_tables(config)` (the tables experiments.tables renders).
 Run it from the repository root. `--config.<field>=<value>` overrides apply
 to every trial; every trial's config is validated before the first one runs,
@@ -23,7 +24,6 @@ code 75 (pre-empted); the same command resumes it.
 """
 
 import importlib.util
-import inspect
 import os
 import sys
 
@@ -55,12 +55,12 @@ _CACHE = flags.DEFINE_string("jax_cache_dir", "~/.cache/attention_research/jax",
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def load_sweep(path, base_config):
+def load_sweep(path, base_config, arg=None):
   """(grid, tables) from the config file `path` (the one --config names).
 
-  get_sweep(h) (or get_sweep(h, config), to read the base config, e.g. its
-  scale) gives the grid; the optional get_tables(config) gives the
-  table specs (see attention_research/sweep/tables.py) for the base config.
+  get_sweep gives the grid (see grid.of_config); the optional
+  get_tables(config) gives the table specs (see
+  attention_research/sweep/tables.py) for the base config.
   """
   spec = importlib.util.spec_from_file_location("sweep_config", path)
   module = importlib.util.module_from_spec(spec)
@@ -68,9 +68,7 @@ def load_sweep(path, base_config):
   if not hasattr(module, "get_sweep"):
     raise ValueError(f"--config={path} has no get_sweep(h): not a sweep config")
   tables = module.get_tables(base_config) if hasattr(module, "get_tables") else []
-  takes_config = len(inspect.signature(module.get_sweep).parameters) > 1
-  sweep_grid = module.get_sweep(grid, base_config) if takes_config else module.get_sweep(grid)
-  return sweep_grid, tables
+  return grid.of_config(module, base_config, arg), tables
 
 
 def status_listing(trials, workdir, num_shards, claim_timeout_s):
@@ -88,7 +86,7 @@ def main(argv):
   runner.check_shard(_NUM_SHARDS.value, _SHARD_INDEX.value)
   config = cli.checked_config(_CONFIG)
   path = cli.config_path()
-  sweep_grid, tables = load_sweep(path, config)
+  sweep_grid, tables = load_sweep(path, config, cli.config_arg())
   trials = runner.make_trials(config, sweep_grid)
   # A --config.<field> that the grid also sets would be silently overwritten.
   overridden = set(cli.override_values())

@@ -3,6 +3,8 @@
 import glob
 import importlib
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -107,18 +109,18 @@ SWEEP_CONFIGS = sorted(os.path.basename(p)[:-3]
 @pytest.mark.parametrize("name", SWEEP_CONFIGS)
 @pytest.mark.parametrize("scale", ["cpu", "paper"])
 def test_sweep_config_trials_and_tables_validate(name, scale):
-  import inspect
-
   from attention_research.sweep import grid
   from attention_research.sweep import runner
   from attention_research.sweep import tables
 
   module = importlib.import_module(f"configs.sweeps.{name}")
   base = module.get_config(f"scale={scale}")
-  takes_config = len(inspect.signature(module.get_sweep).parameters) > 1
-  sweep_grid = module.get_sweep(grid, base) if takes_config else module.get_sweep(grid)
-  trials = runner.make_trials(base, sweep_grid)
+  trials = runner.make_trials(base, grid.of_config(module, base, f"scale={scale}"))
   assert len(trials) >= 2
+  # Every recorded sweep runs 3 seeds of each setting by default; seeds=1 is a third.
+  one_seed = runner.make_trials(base, grid.of_config(module, base, f"scale={scale},seeds=1"))
+  assert [o["seed"] for _, _, _, o, _ in trials] == [s for _ in one_seed for s in (0, 1, 2)]
+  assert all(o["seed"] == 0 for _, _, _, o, _ in one_seed)
   for _, _, trial_name, _, config in trials:
     try:
       train.validate_config(config, num_devices=1)
@@ -137,6 +139,33 @@ def test_sweep_config_trials_and_tables_validate(name, scale):
   assert "TBD" not in module.__doc__ and "python -m experiments.sweep" in module.__doc__
 
 
+@pytest.mark.parametrize("arg,message", [
+    ("seeds=0", r"seeds=0; allowed: an integer >= 1"),
+    ("seeds=two", r"config argument 'seeds' must be int, got 'two'"),
+    ("scale=tpu", r"scale='tpu'; allowed: \['cpu', 'paper'\]"),
+    ("seed=3", r"unknown config argument 'seed'; allowed: \['scale', 'seeds'\]"),
+])
+def test_bad_sweep_arguments_are_named(arg, message):
+  with pytest.raises(ValueError, match=message):
+    importlib.import_module("configs.sweeps.mqar").get_config(arg)
+
+
+def test_the_sweep_binary_passes_the_config_argument_to_the_grid(tmp_path):
+  # seeds is not a config field: only the argument string carries it to get_sweep.
+  from configs.sweeps import positional
+
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  listing = subprocess.run(
+      [sys.executable, "-m", "experiments.sweep",
+       "--config=configs/sweeps/positional.py:scale=cpu,seeds=2", f"--workdir={tmp_path}",
+       "--dry_run", "--jax_cache_dir="], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert listing.returncode == 0, listing.stderr
+  names = [line.split(None, 5)[5] for line in listing.stdout.splitlines()]
+  assert len(names) == 2 * len(positional.POSITIONS) * 2
+  assert sorted(n.split("seed=")[1].split(",")[0] for n in names) == ["0"] * 10 + ["1"] * 10
+
+
 # LRA's columns and the task config files that build them, written out here.
 TASK_FILES = {"ListOps": ("listops", ",form=lra"), "Text": ("lra_text", ""),
               "Retrieval": ("lra_retrieval", ""), "Image": ("lra_image", ""),
@@ -151,7 +180,7 @@ def test_lra_table1_trials_are_the_task_configs_and_fill_each_column(scale, num_
   from configs.sweeps import lra_table1
 
   base = lra_table1.get_config(f"scale={scale}")
-  trials = runner.make_trials(base, lra_table1.get_sweep(grid, base))
+  trials = runner.make_trials(base, grid.of_config(lra_table1, base, f"scale={scale}"))
   spec = lra_table1.get_tables(base)[0]
   expected_columns = lra_table1.CPU_TASKS if scale == "cpu" else list(lra_table1.TASKS)
   assert list(spec["columns"]) == expected_columns and len(expected_columns) == num_columns

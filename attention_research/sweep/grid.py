@@ -17,8 +17,10 @@ order and of the grid's) and a readable name built from the overrides.
 """
 
 import hashlib
+import inspect
 import itertools
 import json
+import sys
 
 
 def sweep(name, values):
@@ -55,6 +57,21 @@ def zipit(grids):
 def chainit(grids):
   """The grids one after another."""
   return [dict(t) for g in grids for t in _check_grid(g, "chainit")]
+
+
+def of_config(module, config, arg=None):
+  """The grid a sweep config file's module gives, for its base config.
+
+  get_sweep(h) takes the grid helpers (this module); get_sweep(h, config)
+  also reads the base config (its scale, say); get_sweep(h, config, arg)
+  also reads the config argument string, "scale=cpu,seeds=3" (for what the
+  base config has no field for, such as how many seeds).
+  """
+  if not hasattr(module, "get_sweep"):
+    raise ValueError(f"{getattr(module, '__file__', module)} has no get_sweep(h): not a sweep "
+                     f"config")
+  args = (sys.modules[__name__], config, arg)
+  return module.get_sweep(*args[:len(inspect.signature(module.get_sweep).parameters)])
 
 
 def trial_id(overrides):

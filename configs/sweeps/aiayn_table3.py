@@ -61,8 +61,7 @@ ROWS = [
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, scale="cpu")
-  common.one_of("scale", arg.scale, ("cpu", "paper"))
+  arg = common.sweep_arg(arg)
   c = copy_task.get_config(f"scale={arg.scale},mode=reverse,pos=sinusoidal")
   c.update(dict(zip(FIELDS, BASE[arg.scale])))
   if arg.scale == "cpu":
@@ -84,10 +83,10 @@ def _rows(scale):
   return rows
 
 
-def get_sweep(h, config):
+def get_sweep(h, config, arg):
   # Every trial sets all six fields, so each row of the table reads like the paper's.
-  del h
-  return [overrides for _, overrides, _ in _rows(config.scale)]
+  return h.product([[overrides for _, overrides, _ in _rows(config.scale)],
+                    common.seed_grid(h, arg)])
 
 
 def _label(overrides):

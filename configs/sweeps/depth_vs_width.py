@@ -38,8 +38,7 @@ SHAPES = {
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, scale="cpu")
-  common.one_of("scale", arg.scale, ("cpu", "paper"))
+  arg = common.sweep_arg(arg)
   c = mqar_task.get_config(f"scale={arg.scale}")
   c.head_dim = HEAD_DIM
   if arg.scale == "cpu":  # batch 32: the 32-layer shape alone takes minutes
@@ -48,14 +47,14 @@ def get_config(arg=None):
   return c
 
 
-def get_sweep(h, config):
+def get_sweep(h, config, arg):
   shapes = SHAPES[config.scale]
-  return h.zipit([
+  return h.product([h.zipit([
       h.sweep("num_layers", [n for n, _ in shapes]),
       h.sweep("d_model", [d for _, d in shapes]),
       h.sweep("num_heads", [d // HEAD_DIM for _, d in shapes]),
       h.sweep("mlp_dim", [4 * d for _, d in shapes]),
-  ])
+  ]), common.seed_grid(h, arg)])
 
 
 def get_tables(config):

@@ -38,7 +38,6 @@ from configs.tasks import lra_text as text_task
 from configs.tasks import pathfinder as pathfinder_task
 
 VARIANTS = ["dense", "local", "strided", "linear", "performer", "bigbird"]
-SEEDS = [0, 1, 2]
 # Column header -> the task config that builds it (module, its argument).
 TASKS = {
     "ListOps": (listops_task, "form=lra"),
@@ -112,8 +111,7 @@ def _task_config(header, scale):
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, scale="cpu")
-  common.one_of("scale", arg.scale, ("cpu", "paper"))
+  arg = common.sweep_arg(arg)
   return _task_config("ListOps", arg.scale)
 
 
@@ -134,9 +132,9 @@ def _task_block(header, base, variant):
   return {k: v for k, v in own.items() if v != shared.get(k) or k in ("task", "attention")}
 
 
-def get_sweep(h, config):
+def get_sweep(h, config, arg):
   return h.chainit([
-      h.product([[_task_block(header, config, v) for v in VARIANTS], h.sweep("seed", SEEDS)])
+      h.product([[_task_block(header, config, v) for v in VARIANTS], common.seed_grid(h, arg)])
       for header in _tasks(config.scale)])
 
 

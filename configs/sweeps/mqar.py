@@ -30,17 +30,16 @@ FAMILIES = [
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, scale="cpu")
-  common.one_of("scale", arg.scale, ("cpu", "paper"))
+  arg = common.sweep_arg(arg)
   c = mqar_task.get_config(f"scale={arg.scale}")
   if arg.scale == "cpu":  # the task config's 600 steps, 4 pairs; one eval, at the end
     c.eval_every = c.checkpoint_every = c.total_steps
   return c
 
 
-def get_sweep(h, config):
+def get_sweep(h, config, arg):
   widths = [64, 128] if config.scale == "cpu" else [64, 128, 256, 512]
-  return h.product([FAMILIES, h.sweep("d_model", widths)])
+  return h.product([FAMILIES, h.sweep("d_model", widths), common.seed_grid(h, arg)])
 
 
 def get_tables(config):

@@ -25,8 +25,7 @@ POSITIONS = ["none", "sinusoidal", "learned", "rope", "alibi"]
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, scale="cpu")
-  common.one_of("scale", arg.scale, ("cpu", "paper"))
+  arg = common.sweep_arg(arg)
   c = order_task.get_config(f"scale={arg.scale}")
   if arg.scale == "cpu":
     c.total_steps = 300
@@ -43,10 +42,12 @@ def _task_fields(config_module, scale):
            "task_options": c.task_options.to_dict(), "learning_rate": c.learning_rate}]
 
 
-def get_sweep(h, config):
+def get_sweep(h, config, arg):
   return h.chainit([
-      h.product([_task_fields(order_task, config.scale), h.sweep("pos", POSITIONS)]),
-      h.product([_task_fields(copy_task, config.scale), h.sweep("pos", POSITIONS)]),
+      h.product([_task_fields(order_task, config.scale), h.sweep("pos", POSITIONS),
+                 common.seed_grid(h, arg)]),
+      h.product([_task_fields(copy_task, config.scale), h.sweep("pos", POSITIONS),
+                 common.seed_grid(h, arg)]),
   ])
 
 

@@ -53,8 +53,7 @@ LRA_NAMES = {"dense": "Transformer", "local": "Local Attention", "linear": "Line
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, scale="cpu")
-  common.one_of("scale", arg.scale, ("cpu", "paper"))
+  arg = common.sweep_arg(arg)
   c = order_task.get_config(f"scale={arg.scale}")
   if arg.scale == "cpu":
     c.num_layers, c.d_model, c.num_heads, c.mlp_dim = 2, 64, 4, 128
@@ -77,12 +76,13 @@ def _task(config, length):
   return dict(options, length=length, num_train=num_train, num_test=num_test)
 
 
-def get_sweep(h, config):
+def get_sweep(h, config, arg):
   lengths = LENGTHS[config.scale]
   return h.product([
       h.sweep("attention", VARIANTS),
       h.zipit([h.sweep("max_len", lengths),
                h.sweep("task_options", [_task(config, n) for n in lengths])]),
+      common.seed_grid(h, arg),
   ])
 
 

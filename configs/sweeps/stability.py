@@ -36,8 +36,7 @@ SETTINGS = {
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, scale="cpu")
-  common.one_of("scale", arg.scale, ("cpu", "paper"))
+  arg = common.sweep_arg(arg)
   c = copy_task.get_config(f"scale={arg.scale}")
   c.weight_decay = 0.0   # one fewer regulariser between the tricks and the outcome
   if arg.scale == "cpu":
@@ -54,7 +53,7 @@ def get_config(arg=None):
   return c
 
 
-def get_sweep(h, config):
+def get_sweep(h, config, arg):
   settings = SETTINGS[config.scale]
   return h.product([
       h.sweep("norm", ["post", "pre"]),
@@ -62,6 +61,7 @@ def get_sweep(h, config):
       h.sweep("grad_clip", [0.0, 1.0]),
       h.sweep("warmup_steps", settings["warmup_steps"]),
       h.sweep("learning_rate", settings["learning_rate"]),
+      common.seed_grid(h, arg),
   ])
 
 
