@@ -23,6 +23,10 @@ variant (`attention.probabilities`). Statistics are over real query rows
   the key's value in the context (the token to copy) or the key itself? And
   is the model's prediction right more often when it is? Per head: the hit
   rate and the accuracy on queries it hits and on queries it misses.
+- Recall by distance (MQAR): the model's accuracy on the queries whose
+  value stands 1 to w tokens back, w+1 to w x layers, and further, for local
+  attention of window w (one layer sees the value itself within w; the layers
+  together can carry it at most w x layers); powers-of-two bins otherwise.
 - Ablation: a head's contribution is its slice of the attention's `out`
   kernel ([H, D, d_model]); zeroing it removes exactly that head's output from
   the residual stream. The table reports the eval loss with the head removed
@@ -200,6 +204,38 @@ def recall_hits(weights, batch):
          (top == keys[:, None]) & queries[:, None], queries
 
 
+def recall_distances(batch):
+  """int [B, Lq]: at each MQAR query, how far back the queried key's value stands in the
+  context (the query's position - the value's, >= 1); -1 elsewhere."""
+  keys = recall_positions(batch)
+  return np.where(keys >= 0, np.arange(keys.shape[1])[None] - (keys + 1), -1)
+
+
+def distance_edges(config, length):
+  """The upper edges of recall's distance bins: for local attention its window (a query
+  sees the value itself) and window x layers (the furthest the layers can carry it);
+  for any other variant powers of two below `length`."""
+  if config.attention == "local":
+    window = config.attention_options.get("window",
+                                          attention.variant("local").options["window"])
+    return sorted({window, window * config.num_layers})
+  return [2 ** i for i in range(3, max(3, math.ceil(math.log2(length))))]
+
+
+def accuracy_by_distance(distances, queries, correct, edges):
+  """[label, n, share of the queries, accuracy] per distance bin: (0, edges[0]],
+  (edges[0], edges[1]], ..., > edges[-1]; accuracy NaN for an empty bin."""
+  bounds = [0, *edges, math.inf]
+  total = max(int(queries.sum()), 1)
+  rows = []
+  for low, high in zip(bounds[:-1], bounds[1:]):
+    in_bin = queries & (distances > low) & (distances <= high)
+    label = f"{low + 1}-{high}" if high != math.inf else f"> {low}"
+    rows.append([label, int(in_bin.sum()), in_bin.sum() / total,
+                 float(correct[in_bin].mean()) if in_bin.any() else math.nan])
+  return rows
+
+
 def recall_table(value_hits, queries, correct):
   """float [H, 5] for one layer: value-hit rate, accuracy when hit, n hit, accuracy when
   missed, n missed; `correct` bool [B, Lq], the model's prediction at each query."""
@@ -213,11 +249,13 @@ def recall_table(value_hits, queries, correct):
   return np.asarray(rows, dtype=np.float64)
 
 
-def recall_report(run, batches):
+def recall_report(run, batches, edges=None):
   """Over `batches` of an MQAR run: {"num_queries", "accuracy", "value_hits" and
-  "key_hits" ([layers][H] rates), "table" ([layers][H][5], recall_table)}."""
-  value, key, queries, correct = [], [], [], []
+  "key_hits" ([layers][H] rates), "table" ([layers][H][5], recall_table), "by_distance"
+  (accuracy_by_distance's rows at `edges`, default distance_edges)}."""
+  value, key, queries, correct, distances = [], [], [], [], []
   for batch in batches:
+    distances.append(recall_distances(batch))
     hits = [recall_hits(w, batch) for w in attention_weights(run, run.params, batch)]
     value.append(np.stack([v for v, _, _ in hits]))   # [layers, B, H, Lq]
     key.append(np.stack([k for _, k, _ in hits]))
@@ -226,12 +264,15 @@ def recall_report(run, batches):
     correct.append(logits.argmax(-1) == np.asarray(batch["targets"]))
   value, key = np.concatenate(value, axis=1), np.concatenate(key, axis=1)
   queries, correct = np.concatenate(queries), np.concatenate(correct)
+  distances = np.concatenate(distances)
+  edges = edges or distance_edges(run.config, queries.shape[1])
   n = max(int(queries.sum()), 1)
   return {"num_queries": int(queries.sum()),
           "accuracy": float(correct[queries].mean()) if queries.any() else math.nan,
           "value_hits": (value.sum((1, 3)) / n).tolist(),
           "key_hits": (key.sum((1, 3)) / n).tolist(),
-          "table": [recall_table(v, queries, correct).tolist() for v in value]}
+          "table": [recall_table(v, queries, correct).tolist() for v in value],
+          "by_distance": accuracy_by_distance(distances, queries, correct, edges)}
 
 
 def _out_kernel_layer(path):
@@ -313,9 +354,10 @@ def plot_maps(weights, batch, path, *, num_examples=2, title=""):
     fig.savefig(f, format="png")
 
 
-def report(run, batches, out_dir, *, num_examples=2):
+def report(run, batches, out_dir, *, num_examples=2, edges=None):
   """Writes maps_layer<l>.png, heads.md (recall.md for MQAR) and heads.json into out_dir;
-  returns heads.md's text."""
+  returns heads.md's text. edges: the upper edges of MQAR's distance bins (default: the
+  run's own, distance_edges)."""
   from attention_research import tabulate  # pylint: disable=g-import-not-at-top
   batches = list(batches)
   first = batches[0]
@@ -343,7 +385,7 @@ def report(run, batches, out_dir, *, num_examples=2):
   stats = {"step": run.step, "eval_loss": base, "entropy_bits": entropy.tolist(),
            "js_divergence_bits": divergence.tolist(), "ablation_delta_loss": delta.tolist()}
   if run.config.task == "mqar":
-    recall = recall_report(run, batches)
+    recall = recall_report(run, batches, edges)
     rows = [[l, h, *r] for l, table in enumerate(recall["table"]) for h, r in enumerate(table)]
     header = ["layer", "head", "top key is the value", "accuracy if so", "n",
               "accuracy if not", "n"]
@@ -351,7 +393,71 @@ def report(run, batches, out_dir, *, num_examples=2):
         f"MQAR: {recall['num_queries']} queries over {len(batches)} batches, accuracy "
         f"{recall['accuracy']:.4f}. Per head: how often its most-attended position is the "
         f"queried key's value in the context, and the model's accuracy on those queries "
-        f"and on the others.\n\n" + tabulate.markdown_table(header, rows) + "\n"))
+        f"and on the others.\n\n" + tabulate.markdown_table(header, rows) + "\n\n"
+        f"By how far back the value stands from its query (for local attention: within "
+        f"its window, within window x layers, beyond):\n\n"
+        + tabulate.markdown_table(["distance", "queries", "share", "accuracy"],
+                                  recall["by_distance"]) + "\n"))
     stats["recall"] = recall
   storage.write_json(os.path.join(out_dir, "heads.json"), stats, indent=1)
   return text
+
+
+def summary_values(stats):
+  """{column: number} of one run's heads.json stats, for a sweep's summary: eval loss,
+  heads' mean entropy, mean and least JS divergence to the nearest head (near 0:
+  duplicates), the largest ablation loss and how many heads cost under 0.01 nats; for
+  MQAR the accuracy, each distance bin's share and accuracy, and the head whose top key
+  is most often the value: that rate and the accuracy when it hits and when it misses."""
+  js = np.asarray(stats["js_divergence_bits"], dtype=np.float64)
+  heads = js.shape[-1]
+  nearest = (np.where(np.eye(heads, dtype=bool), np.inf, js).min(-1) if heads > 1
+             else np.full(js.shape[:-1], np.nan))
+  delta = np.asarray(stats["ablation_delta_loss"], dtype=np.float64)
+  out = {"eval loss": stats["eval_loss"],
+         "entropy (bits)": float(np.mean(stats["entropy_bits"])),
+         "JS to nearest head": float(np.mean(nearest)),
+         "least JS to nearest head": float(np.min(nearest)),
+         "largest loss without a head": float(delta.max()),
+         "heads costing < 0.01": int((delta < 0.01).sum())}
+  recall = stats.get("recall")
+  if recall:
+    out["accuracy"] = recall["accuracy"]
+    for label, _, share, accuracy in recall["by_distance"]:
+      out[f"share {label} back"] = share
+      out[f"accuracy {label} back"] = accuracy
+    table = np.asarray(recall["table"], dtype=np.float64)   # [layers, H, 5]
+    layer, head = np.unravel_index(np.argmax(table[..., 0]), table.shape[:2])
+    out["best head"] = f"{layer}.{head}"
+    out["its top key is the value"] = table[layer, head, 0]
+    out["accuracy if so"] = table[layer, head, 1]
+    out["accuracy if not"] = table[layer, head, 3]
+  return out
+
+
+def summarize(groups):
+  """Markdown: a row per setting ({label: [summary_values of each seed's run]}), each
+  numeric column the mean ± the half-width of its 95% interval over the runs (n=k);
+  a text column (the best head) lists each run's."""
+  from attention_research import tabulate  # pylint: disable=g-import-not-at-top
+  from attention_research.sweep import tables  # pylint: disable=g-import-not-at-top
+  columns = list(dict.fromkeys(c for runs in groups.values() for v in runs for c in v))
+  rows = []
+  for label, runs in groups.items():
+    row = [label, len(runs)]
+    for column in columns:
+      values = [v[column] for v in runs if column in v]
+      if not values:
+        row.append("")
+      elif isinstance(values[0], str):
+        row.append(", ".join(values))
+      else:
+        finite = [float(x) for x in values if not math.isnan(float(x))]
+        if not finite:
+          row.append("n/a")
+          continue
+        mean, half = tables.interval(finite)
+        text = f"{mean:.3g}" if half is None else f"{mean:.3g} ± {half:.2g}"
+        row.append(text if len(finite) == len(runs) else f"{text} (n={len(finite)})")
+    rows.append(row)
+  return tabulate.markdown_table(["setting", "runs", *columns], rows)

@@ -17,6 +17,16 @@ wrote both) and its task's eval split, and writes into --out_dir:
 and prints heads.md. The weights are the ones the model used
 (attention_research/inspect.py says how each number is computed); runs of
 linear or Performer attention have none, and are refused.
+
+    python -m experiments.inspect_attention --workdir=runs/mqar_sweep
+
+A sweep's directory (it has sweep.json) inspects each completed trial with
+attention weights into --out_dir/<trial id>/ (default: the sweep's
+inspect/), leaving out the others, and writes summary.md there: a row per
+setting (the trial's overrides but its seed), each number the mean ± the
+half-width of its 95% interval over the seeds. --distance_edges sets
+recall's distance bins for every run (say, local's window and twice it), so
+that the settings share columns.
 """
 
 import os
@@ -25,6 +35,8 @@ from absl import app
 from absl import flags
 
 from attention_research import inspect
+from attention_research import storage
+from attention_research.sweep import grid
 from experiments import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.")
@@ -33,6 +45,8 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "The data_dir (default: the ru
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 2, "Examples drawn in the maps.")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 4, "Eval batches for the ablation.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Examples per eval batch.")
+_EDGES = flags.DEFINE_list("distance_edges", [], "MQAR: upper edges of the distance bins "
+                          "(default: each run's own, inspect.distance_edges).")
 _CACHE = flags.DEFINE_string("jax_cache_dir", "~/.cache/attention_research/jax",
                              "Persistent compilation cache ('' turns it off).")
 flags.mark_flags_as_required(["workdir"])
@@ -47,13 +61,62 @@ def main(argv):
     if flag.value < 1:
       cli.exit_with(ValueError(f"--{name} must be a positive integer, got {flag.value}"))
   try:
+    edges = sorted({int(e) for e in _EDGES.value}) or None
+  except ValueError:
+    cli.exit_with(ValueError(f"--distance_edges must be positive integers, got "
+                             f"{','.join(_EDGES.value)}"))
+  if edges and edges[0] < 1:
+    cli.exit_with(ValueError(f"--distance_edges must be positive integers, got {edges}"))
+  if storage.path(os.path.join(_WORKDIR.value, "sweep.json")).exists():
+    print(inspect_sweep(_WORKDIR.value, _OUT_DIR.value or os.path.join(_WORKDIR.value,
+                                                                       "inspect"), edges),
+          end="")
+    return
+  try:
     run = inspect.load(_WORKDIR.value, data_dir=_DATA_DIR.value)
   except ValueError as e:
     cli.exit_with(e)
-  batches = inspect.eval_batches(run, batch_size=_BATCH_SIZE.value)
-  batches = [b for _, b in zip(range(_NUM_BATCHES.value), batches)]
   out_dir = _OUT_DIR.value or os.path.join(_WORKDIR.value, "inspect")
-  print(inspect.report(run, batches, out_dir, num_examples=_NUM_EXAMPLES.value), end="")
+  print(inspect.report(run, batches_of(run), out_dir, num_examples=_NUM_EXAMPLES.value,
+                       edges=edges), end="")
+
+
+def batches_of(run):
+  batches = inspect.eval_batches(run, batch_size=_BATCH_SIZE.value)
+  return [b for _, b in zip(range(_NUM_BATCHES.value), batches)]
+
+
+def inspect_sweep(workdir, out_dir, edges):
+  """Inspects every completed trial that has weights; returns summary.md's text."""
+  sweep = storage.read_json(os.path.join(workdir, "sweep.json"))
+  groups, skipped = {}, []
+  for trial in sweep["trials"]:
+    trial_dir = os.path.join(workdir, "trials", trial["id"])
+    try:
+      status = storage.read_json(os.path.join(trial_dir, "result.json"))["status"]
+    except FileNotFoundError:
+      status = "not run"
+    if status != "completed":
+      skipped.append(f"{trial['name']} ({status})")
+      continue
+    try:
+      run = inspect.load(trial_dir, data_dir=_DATA_DIR.value)
+    except ValueError as e:  # linear and Performer: no weights
+      skipped.append(f"{trial['name']} ({e})")
+      continue
+    trial_out = os.path.join(out_dir, trial["id"])
+    inspect.report(run, batches_of(run), trial_out, num_examples=_NUM_EXAMPLES.value,
+                   edges=edges)
+    setting = grid.trial_name({k: v for k, v in trial["overrides"].items() if k != "seed"})
+    groups.setdefault(setting, []).append(
+        inspect.summary_values(storage.read_json(os.path.join(trial_out, "heads.json"))))
+  text = (f"Inspection of {sum(map(len, groups.values()))} trials of {workdir}, per setting "
+          f"over its seeds (each trial's tables in <trial id>/).\n\n"
+          + (inspect.summarize(groups) if groups else "No trial to inspect.") + "\n")
+  if skipped:
+    text += "\nLeft out: " + "; ".join(skipped) + "\n"
+  storage.write_text(os.path.join(out_dir, "summary.md"), text)
+  return text
 
 
 if __name__ == "__main__":

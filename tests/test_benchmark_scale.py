@@ -15,8 +15,8 @@ def test_the_scale_benchmark_writes_its_three_tables(tmp_path):
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   done = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark_scale", "--devices=1,2", "--length=256",
-       "--variants=linear,blockwise", "--strategies=ring", "--budget_mb=6",
-       "--start_length=128", "--heads=2", "--head_dim=16", "--state_meshes=data=-1,fsdp=-1",
+       "--variants=linear,blockwise", "--strategies=ring", "--budget_mb=2.5",
+       "--start_length=256", "--heads=2", "--head_dim=16", "--state_meshes=data=-1,fsdp=-1",
        f"--out_dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]

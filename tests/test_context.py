@@ -90,21 +90,24 @@ def case_id(case):
           f"{'causal' if case['causal'] else 'full'}-{mesh}-kv{case['kv_heads']}")
 
 
-@pytest.fixture(scope="module")
-def sharded(tmp_path_factory):
-  """The sharded results of every case, from one 8-device subprocess: under pytest-xdist
-  the first worker to get here runs it, and the others wait for its file."""
-  run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-  if run:
-    tmp = tmp_path_factory.getbasetemp().parent / f"context-{run}"
-    tmp.mkdir(exist_ok=True)
-  else:
-    tmp = tmp_path_factory.mktemp("context")
-  cases_path, out_path = tmp / "cases.json", tmp / "out.npz"
-  with open(tmp / "lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
+# The cases run in two subprocesses, alternate cases each: under pytest-xdist's two
+# workers both run at once, instead of one worker waiting for the other's.
+PARTS = 2
+
+
+def _run_part(tmp, part, wait):
+  """Runs the part's cases into out<part>.npz unless it exists; False without `wait` when
+  another worker holds the part (it is running it)."""
+  out_path = tmp / f"out{part}.npz"
+  with open(tmp / f"lock{part}", "w") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+      return False
     if not out_path.exists():
-      cases_path.write_text(json.dumps(CASES))
+      cases_path = tmp / f"cases{part}.json"
+      cases_path.write_text(json.dumps([dict(c, index=i) for i, c in enumerate(CASES)
+                                        if i % PARTS == part]))
       env = dict(os.environ, JAX_PLATFORMS="cpu",
                  XLA_FLAGS="--xla_force_host_platform_device_count=8")
       proc = subprocess.run([sys.executable, "-m", "tests.fixtures.context_cases",
@@ -112,7 +115,26 @@ def sharded(tmp_path_factory):
                             capture_output=True, text=True, timeout=900)
       assert proc.returncode == 0, proc.stderr[-4000:]
       os.rename(str(out_path) + ".tmp.npz", out_path)
-  return dict(np.load(out_path))
+  return True
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+  """The sharded results of every case: each worker runs a part no other worker is
+  running, then waits for the rest."""
+  run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+  if run:
+    tmp = tmp_path_factory.getbasetemp().parent / f"context-{run}"
+    tmp.mkdir(exist_ok=True)
+  else:
+    tmp = tmp_path_factory.mktemp("context")
+  for part in [p for p in range(PARTS) if not _run_part(tmp, p, wait=False)]:
+    _run_part(tmp, part, wait=True)
+  results = {}
+  for part in range(PARTS):
+    results.update(np.load(tmp / f"out{part}.npz"))
+  assert len(results) == 5 * len(CASES)  # out, dq, dk, dv, hlo_ops of every case
+  return results
 
 
 def one_device(case):

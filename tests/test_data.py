@@ -254,6 +254,26 @@ def test_mqar_query_gaps_follow_the_power_law():
   assert first_slot_rate(0.01) > 0.4
 
 
+def test_mqar_guessing_baselines_match_guessing_on_generated_sequences():
+  # Play both guessers on generated sequences: the expected hit of a uniform guess is
+  # 1 / the candidates, which are the pairs' values (all, or those not yet asked for).
+  from attention_research.data import mqar
+  opts = data.resolve_options("mqar", {"vocab_size": 64, "seq_len": 64, "num_kv_pairs": 5})
+  all_values, not_asked = [], []
+  for i in range(200):
+    example = mqar.generate(opts, "test", i)
+    inputs, targets = example["inputs"], example["targets"]
+    values = set(inputs[1:10:2].tolist())
+    for t in np.flatnonzero(example["target_mask"]):
+      assert targets[t] in values
+      asked = {targets[q] for q in np.flatnonzero(example["target_mask"]) if q < t}
+      all_values.append(1 / len(values))
+      not_asked.append(1 / len(values - asked))
+  assert mqar.guessing_accuracy(5) == pytest.approx(np.mean(all_values)) == 0.2
+  assert mqar.guessing_accuracy(5, skip_asked=True) == pytest.approx(np.mean(not_asked))
+  assert mqar.guessing_accuracy(4, skip_asked=True) == pytest.approx(25 / 48)
+
+
 @pytest.mark.parametrize("mode", ["copy", "reverse"])
 def test_copying_matches_a_direct_construction(data_dir, mode):
   opts = {**TINY["copy"], "mode": mode}

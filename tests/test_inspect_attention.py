@@ -7,12 +7,15 @@ silencing a head (its value projection zeroed instead of its out slice).
 """
 
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
+from ml_collections import config_dict
 import numpy as np
 import pytest
 from scipy.spatial import distance
@@ -139,6 +142,32 @@ def test_recall_hits_against_hand_built_weights():
   np.testing.assert_allclose(table[1], [0.0, np.nan, 0, 0.5, 2])
 
 
+def test_recall_by_distance_against_hand_counted_queries():
+  # Pairs (5, 20) (6, 21) (7, 22), values at 1, 3 and 5; queries at 6 (key 7: 1 back),
+  # 9 (key 5: 8 back) and 12 (key 6: 9 back); row 1 has one query, at 7 (key 6: 4 back).
+  inputs = np.array([[5, 20, 6, 21, 7, 22, 7, 22, 9, 5, 20, 9, 6, 21],
+                     [5, 20, 6, 21, 7, 22, 9, 6, 21, 9, 9, 9, 9, 9]])
+  target_mask = np.zeros((2, 14), bool)
+  target_mask[0, [6, 9, 12]] = target_mask[1, 7] = True
+  batch = {"inputs": inputs, "target_mask": target_mask, "example_mask": np.array([1, 1], bool)}
+  distances = inspect.recall_distances(batch)
+  assert distances[0, [6, 9, 12]].tolist() == [1, 8, 9] and distances[1, 7] == 4
+  assert (distances[~target_mask] == -1).all()
+  correct = np.zeros((2, 14), bool)
+  correct[0, 6] = correct[0, 12] = True
+  local = config_dict.ConfigDict(dict(attention="local", attention_options=dict(window=4),
+                                      num_layers=2))
+  edges = inspect.distance_edges(local, 14)
+  assert edges == [4, 8]
+  rows = inspect.accuracy_by_distance(distances, target_mask, correct, edges)
+  assert rows == [["1-4", 2, 0.5, 0.5], ["5-8", 1, 0.25, 0.0], ["> 8", 1, 0.25, 1.0]]
+  # Other variants: powers of two; local without a window option takes the default 128.
+  assert inspect.distance_edges(config_dict.ConfigDict(dict(attention="dense")), 64) == [8, 16,
+                                                                                         32]
+  local.attention_options = {}
+  assert inspect.distance_edges(local, 64) == [128, 256]
+
+
 def test_statistics_and_ablation_on_a_trained_checkpoint(trained):
   run = inspect.load(str(trained))
   assert run.step == 60 and run.kind == "lm"
@@ -193,10 +222,75 @@ def test_the_binary_writes_maps_and_the_head_table(trained, tmp_path):
   recall = saved["recall"]
   assert recall["num_queries"] == 32 and np.asarray(recall["table"]).shape == (2, 2, 5)
   assert "| layer | head | top key is the value |" in (out / "recall.md").read_text()
+  # Dense attention: distances in powers-of-two bins (16 tokens: 1-8 and beyond), every query
+  # in one of them.
+  assert [row[0] for row in recall["by_distance"]] == ["1-8", "> 8"]
+  assert sum(row[1] for row in recall["by_distance"]) == 32
+  assert "| distance | queries | share | accuracy |" in (out / "recall.md").read_text()
   table = (out / "heads.md").read_text()
   assert done.stdout == table
   assert "| layer | head | entropy (bits) | JS to nearest head (bits) |" in table
   assert len([line for line in table.splitlines() if line.startswith("| ")]) == 1 + 4
+
+
+def test_summary_values_and_their_intervals_over_seeds():
+  def stats(loss, js01, delta, hit):
+    return {"eval_loss": loss, "entropy_bits": [[1.0, 2.0]], "js_divergence_bits": [
+        [[0.0, js01], [js01, 0.0]]], "ablation_delta_loss": [delta],
+            "recall": {"accuracy": hit, "by_distance": [["1-8", 3, 0.75, 1.0],
+                                                        ["> 8", 1, 0.25, hit]],
+                       "table": [[[0.1, 1.0, 1, 0.5, 9], [0.6, 0.9, 6, math.nan, 0]]]}}
+  one = inspect.summary_values(stats(2.0, 0.5, [0.005, 0.3], 0.0))
+  assert one == {"eval loss": 2.0, "entropy (bits)": 1.5, "JS to nearest head": 0.5,
+                 "least JS to nearest head": 0.5, "largest loss without a head": 0.3,
+                 "heads costing < 0.01": 1, "accuracy": 0.0, "share 1-8 back": 0.75,
+                 "accuracy 1-8 back": 1.0, "share > 8 back": 0.25, "accuracy > 8 back": 0.0,
+                 "best head": "0.1", "its top key is the value": 0.6, "accuracy if so": 0.9,
+                 "accuracy if not": pytest.approx(math.nan, nan_ok=True)}
+  runs = [one, inspect.summary_values(stats(4.0, 0.1, [0.2, 0.3], 1.0)),
+          inspect.summary_values(stats(3.0, 0.3, [0.2, 0.3], 1.0))]
+  text = inspect.summarize({"attention=local": runs})
+  header, _, row = text.splitlines()[:3]
+  cells = dict(zip([c.strip() for c in header.strip("|").split("|")],
+                   [c.strip() for c in row.strip("|").split("|")]))
+  half = stats_t(3) * np.std([2.0, 4.0, 3.0], ddof=1) / np.sqrt(3)
+  assert cells["eval loss"] == f"3 ± {half:.2g}" and cells["runs"] == "3"
+  assert cells["best head"] == "0.1, 0.1, 0.1"
+  assert cells["accuracy if not"] == "n/a"   # no seed's best head ever missed
+  half = stats_t(3) * np.std([1, 0, 0], ddof=1) / np.sqrt(3)
+  assert cells["heads costing < 0.01"] == f"0.333 ± {half:.2g}"
+
+
+def stats_t(n):
+  return stats.t.ppf(0.975, n - 1)
+
+
+def test_the_binary_inspects_a_sweeps_trials_and_summarizes_over_seeds(trained, tmp_path):
+  sweep = tmp_path / "sweep"
+  trials = [{"id": f"t{i}", "name": f"d_model=16, seed={i}",
+             "overrides": {"d_model": 16, "seed": i}} for i in range(3)]
+  for trial in trials[:2]:   # two completed seeds (the same run twice); the third not run
+    shutil.copytree(trained, sweep / "trials" / trial["id"])
+  (sweep / "sweep.json").write_text(json.dumps({"trials": trials}))
+  done = subprocess.run([sys.executable, "-m", "experiments.inspect_attention",
+                         f"--workdir={sweep}", "--num_batches=2", "--distance_edges=4,2",
+                         f"--jax_cache_dir={os.path.join(ROOT, 'tests', '.jax_cache')}"],
+                        cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  summary = (sweep / "inspect" / "summary.md").read_text()
+  assert done.stdout == summary
+  assert sorted(os.listdir(sweep / "inspect")) == ["summary.md", "t0", "t1"]
+  saved = json.load(open(sweep / "inspect" / "t0" / "heads.json"))
+  assert [row[0] for row in saved["recall"]["by_distance"]] == ["1-2", "3-4", "> 4"]
+  row = [line for line in summary.splitlines() if line.startswith("| d_model=16 ")]
+  accuracy = saved["recall"]["accuracy"]
+  assert len(row) == 1 and f"| 2 | {saved['eval_loss']:.3g} ± 0 |" in row[0]
+  assert f" {accuracy:.3g} ± 0 " in row[0]
+  assert "Left out: d_model=16, seed=2 (not run)" in summary
+  bad = subprocess.run([sys.executable, "-m", "experiments.inspect_attention",
+                        f"--workdir={sweep}", "--distance_edges=0,4"], cwd=ROOT, env=run_env(),
+                       capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 1 and "--distance_edges must be positive integers" in bad.stderr
 
 
 def test_runs_without_weights_or_checkpoints_are_refused(tmp_path):

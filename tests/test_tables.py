@@ -296,6 +296,13 @@ def test_line_plot_ratio_and_categorical_x(tmp_path):
       "": [("rope", 0.5), ("none", 0.25), ("none", 0.75)]}
   paths = tables.write(workdir, str(tmp_path / "out"), "markdown")
   assert [os.path.getsize(p) > 1000 for p in paths[1:3]] == [True, True]
+  # A baseline is a dashed line at its level, named in the legend (matplotlib lists lines
+  # before the series' error bars).
+  guess = dict(spec["plots"][1], series="num_layers",
+               baselines=[{"y": 0.3, "label": "guess"}])
+  tables.check_spec(spec | {"plots": [guess]}, trial_list)
+  assert tables.plot(spec, guess, trial_list, results, str(tmp_path / "g.png")) == [
+      "guess", "2", "4"]
 
 
 def test_table_with_no_results_yet_is_all_blank(tmp_path):
@@ -318,6 +325,8 @@ def test_table_with_no_results_yet_is_all_blank(tmp_path):
     ({"plots": [{"kind": "line", "x": "num_heads", "series": "seeds"}]},
      r"`series`: field 'seeds'"),
     ({"plots": [{"kind": "line", "x": "num_heads/d_model"}]}, r"`x`: field 'd_model'"),
+    ({"plots": [{"kind": "line", "x": "num_heads", "baselines": [{"y": "0.25"}]}]},
+     r"each of `baselines` must be \{'y': <number>, 'label': <text>\}"),
 ])
 def test_bad_specs_are_value_errors_naming_the_field(tmp_path, change, message):
   workdir = make_workdir(tmp_path / "s", TRIALS, [HEADS | change])

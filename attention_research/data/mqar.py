@@ -86,6 +86,19 @@ def query_gap_probabilities(space, power_a) -> np.ndarray:
   return p / p.sum()
 
 
+def guessing_accuracy(num_kv_pairs, *, skip_asked=False) -> float:
+  """Query accuracy of a model that recalls nothing but guesses one of the pairs' values.
+
+  Uniformly among all `num_kv_pairs` values: 1 / num_kv_pairs. Skipping the
+  values earlier queries already asked for (each key is queried once, and
+  its value follows it): the j-th query has num_kv_pairs - j + 1 candidates,
+  so the mean is H(num_kv_pairs) / num_kv_pairs (0.52 for 4 pairs).
+  """
+  if not skip_asked:
+    return 1.0 / num_kv_pairs
+  return sum(1.0 / k for k in range(1, num_kv_pairs + 1)) / num_kv_pairs
+
+
 def generate(options, split, index) -> dict:
   """Example `index` of `split`: inputs, targets int32 [seq_len], target_mask bool [seq_len]."""
   rng = common.example_rng(options["seed"], split, index)

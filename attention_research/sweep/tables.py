@@ -40,7 +40,10 @@ render or recompute the tables from that file alone. A table spec (a JSON-able d
                    "columns": ["PPL (dev)", "BLEU (dev)"],
                    "rows": {"1": [5.29, 24.9], "4": [5.00, 25.5]}},   # by row label
      "plots": [{"kind": "line", "x": "num_heads", "y": "final_eval.loss",
-                "series": "task", "logx": True, "logy": False, "title": "..."},
+                "series": "task", "logx": True, "logy": False, "title": "...",
+                # optional: dashed horizontal lines, each a level worth reading
+                # the series against (chance, a guessing strategy)
+                "baselines": [{"y": 0.25, "label": "guess one of the 4 values"}]},
                {"kind": "loglog_slope", "x": "task_options.seq_len",
                 "y": "train_step_temp_bytes", "series": "attention"}]}
 
@@ -106,7 +109,7 @@ _TABLE_KEYS = ("name", "caption", "rows", "columns", "average", "average_over", 
                "metric_label", "format", "scale", "filters", "relative_to", "published",
                "plots")
 CONFIDENCE = 0.95
-_PLOT_KEYS = ("kind", "x", "y", "series", "logx", "logy", "title")
+_PLOT_KEYS = ("kind", "x", "y", "series", "logx", "logy", "title", "baselines")
 _MISSING = object()   # a field or key that is not there
 _REQUIRED = object()  # field_value without a default: raise
 
@@ -658,6 +661,12 @@ def _check_plot(spec, plot_spec, i, trials):
       raise ValueError(f"{where}: `series` {COLUMNS_SERIES!r} needs named `columns` (a dict)")
   elif plot_spec.get("series"):
     _check_fields([plot_spec["series"]], trials, f"{where} `series`")
+  for baseline in plot_spec.get("baselines", []):
+    if (not isinstance(baseline, dict) or set(baseline) != {"y", "label"}
+        or not isinstance(baseline["y"], (int, float)) or isinstance(baseline["y"], bool)
+        or not isinstance(baseline["label"], str)):
+      raise ValueError(f"{where}: each of `baselines` must be {{'y': <number>, 'label': "
+                       f"<text>}}, got {baseline!r:.200}")
 
 
 def _plot_x(plot_spec, trial, result):
@@ -721,6 +730,9 @@ def plot(spec, plot_spec, trials, results, path):
       _draw_loglog(ax, label, pts)
     else:
       _draw_line(ax, label, pts, categories)
+  for baseline in plot_spec.get("baselines", []):
+    ax.axhline(baseline["y"], linestyle="--", color="gray", linewidth=1,
+               label=baseline["label"])
   if plot_spec["kind"] == "loglog_slope":
     ax.set_xscale("log")
     ax.set_yscale("log")
