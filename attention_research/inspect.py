@@ -119,6 +119,11 @@ def eval_batches(run, *, batch_size=8):
                            max_len=c.max_len, process_index=0, process_count=1)
 
 
+def first_batches(run, num_batches, *, batch_size=8):
+  """The first `num_batches` of eval_batches, as a list (every statistic reads them)."""
+  return [b for _, b in zip(range(num_batches), eval_batches(run, batch_size=batch_size))]
+
+
 def _apply(run, params, batch, **kwargs):
   return run.apply({"params": params}, jnp.asarray(batch["inputs"]),
                    jnp.asarray(batch["input_mask"]), train=False, **kwargs)
@@ -461,3 +466,41 @@ def summarize(groups):
         row.append(text if len(finite) == len(runs) else f"{text} (n={len(finite)})")
     rows.append(row)
   return tabulate.markdown_table(["setting", "runs", *columns], rows)
+
+
+def inspect_sweep(workdir, out_dir, *, num_batches=4, batch_size=8, num_examples=2,
+                  edges=None, data_dir=None):
+  """Reports every completed trial of the sweep in `workdir` that has attention weights
+  into out_dir/<trial id>/, then writes out_dir/summary.md (summarize, a row per
+  setting: the trial's overrides but its seed) and returns its text; the trials left
+  out are named with why."""
+  from attention_research.sweep import grid  # pylint: disable=g-import-not-at-top
+  sweep = storage.read_json(os.path.join(workdir, "sweep.json"))
+  groups, skipped = {}, []
+  for trial in sweep["trials"]:
+    trial_dir = os.path.join(workdir, "trials", trial["id"])
+    try:
+      status = storage.read_json(os.path.join(trial_dir, "result.json"))["status"]
+    except FileNotFoundError:
+      status = "not run"
+    if status != "completed":
+      skipped.append(f"{trial['name']} ({status})")
+      continue
+    try:
+      run = load(trial_dir, data_dir=data_dir)
+    except ValueError as e:  # linear and Performer have no weights
+      skipped.append(f"{trial['name']} ({e})")
+      continue
+    trial_out = os.path.join(out_dir, trial["id"])
+    report(run, first_batches(run, num_batches, batch_size=batch_size), trial_out,
+           num_examples=num_examples, edges=edges)
+    setting = grid.trial_name({k: v for k, v in trial["overrides"].items() if k != "seed"})
+    groups.setdefault(setting, []).append(
+        summary_values(storage.read_json(os.path.join(trial_out, "heads.json"))))
+  text = (f"Inspection of {sum(map(len, groups.values()))} trials of {workdir}, per setting "
+          f"over its seeds (each trial's tables in <trial id>/).\n\n"
+          + (summarize(groups) if groups else "No trial to inspect.") + "\n")
+  if skipped:
+    text += "\nLeft out: " + "; ".join(skipped) + "\n"
+  storage.write_text(os.path.join(out_dir, "summary.md"), text)
+  return text

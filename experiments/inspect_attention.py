@@ -36,7 +36,6 @@ from absl import flags
 
 from attention_research import inspect
 from attention_research import storage
-from attention_research.sweep import grid
 from experiments import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.")
@@ -67,56 +66,19 @@ def main(argv):
                              f"{','.join(_EDGES.value)}"))
   if edges and edges[0] < 1:
     cli.exit_with(ValueError(f"--distance_edges must be positive integers, got {edges}"))
+  out_dir = _OUT_DIR.value or os.path.join(_WORKDIR.value, "inspect")
   if storage.path(os.path.join(_WORKDIR.value, "sweep.json")).exists():
-    print(inspect_sweep(_WORKDIR.value, _OUT_DIR.value or os.path.join(_WORKDIR.value,
-                                                                       "inspect"), edges),
-          end="")
+    print(inspect.inspect_sweep(_WORKDIR.value, out_dir, num_batches=_NUM_BATCHES.value,
+                                batch_size=_BATCH_SIZE.value, num_examples=_NUM_EXAMPLES.value,
+                                edges=edges, data_dir=_DATA_DIR.value), end="")
     return
   try:
     run = inspect.load(_WORKDIR.value, data_dir=_DATA_DIR.value)
   except ValueError as e:
     cli.exit_with(e)
-  out_dir = _OUT_DIR.value or os.path.join(_WORKDIR.value, "inspect")
-  print(inspect.report(run, batches_of(run), out_dir, num_examples=_NUM_EXAMPLES.value,
-                       edges=edges), end="")
-
-
-def batches_of(run):
-  batches = inspect.eval_batches(run, batch_size=_BATCH_SIZE.value)
-  return [b for _, b in zip(range(_NUM_BATCHES.value), batches)]
-
-
-def inspect_sweep(workdir, out_dir, edges):
-  """Inspects every completed trial that has weights; returns summary.md's text."""
-  sweep = storage.read_json(os.path.join(workdir, "sweep.json"))
-  groups, skipped = {}, []
-  for trial in sweep["trials"]:
-    trial_dir = os.path.join(workdir, "trials", trial["id"])
-    try:
-      status = storage.read_json(os.path.join(trial_dir, "result.json"))["status"]
-    except FileNotFoundError:
-      status = "not run"
-    if status != "completed":
-      skipped.append(f"{trial['name']} ({status})")
-      continue
-    try:
-      run = inspect.load(trial_dir, data_dir=_DATA_DIR.value)
-    except ValueError as e:  # linear and Performer: no weights
-      skipped.append(f"{trial['name']} ({e})")
-      continue
-    trial_out = os.path.join(out_dir, trial["id"])
-    inspect.report(run, batches_of(run), trial_out, num_examples=_NUM_EXAMPLES.value,
-                   edges=edges)
-    setting = grid.trial_name({k: v for k, v in trial["overrides"].items() if k != "seed"})
-    groups.setdefault(setting, []).append(
-        inspect.summary_values(storage.read_json(os.path.join(trial_out, "heads.json"))))
-  text = (f"Inspection of {sum(map(len, groups.values()))} trials of {workdir}, per setting "
-          f"over its seeds (each trial's tables in <trial id>/).\n\n"
-          + (inspect.summarize(groups) if groups else "No trial to inspect.") + "\n")
-  if skipped:
-    text += "\nLeft out: " + "; ".join(skipped) + "\n"
-  storage.write_text(os.path.join(out_dir, "summary.md"), text)
-  return text
+  batches = inspect.first_batches(run, _NUM_BATCHES.value, batch_size=_BATCH_SIZE.value)
+  print(inspect.report(run, batches, out_dir, num_examples=_NUM_EXAMPLES.value, edges=edges),
+        end="")
 
 
 if __name__ == "__main__":

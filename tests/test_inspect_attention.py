@@ -229,6 +229,10 @@ def test_the_binary_writes_maps_and_the_head_table(trained, tmp_path):
   assert "| distance | queries | share | accuracy |" in (out / "recall.md").read_text()
   table = (out / "heads.md").read_text()
   assert done.stdout == table
+  bad = subprocess.run([sys.executable, "-m", "experiments.inspect_attention",
+                        f"--workdir={trained}", "--distance_edges=0,4"], cwd=ROOT, env=run_env(),
+                       capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 1 and "--distance_edges must be positive integers" in bad.stderr
   assert "| layer | head | entropy (bits) | JS to nearest head (bits) |" in table
   assert len([line for line in table.splitlines() if line.startswith("| ")]) == 1 + 4
 
@@ -265,32 +269,25 @@ def stats_t(n):
   return stats.t.ppf(0.975, n - 1)
 
 
-def test_the_binary_inspects_a_sweeps_trials_and_summarizes_over_seeds(trained, tmp_path):
+def test_a_sweeps_trials_are_inspected_and_summarized_over_seeds(trained, tmp_path):
   sweep = tmp_path / "sweep"
   trials = [{"id": f"t{i}", "name": f"d_model=16, seed={i}",
              "overrides": {"d_model": 16, "seed": i}} for i in range(3)]
   for trial in trials[:2]:   # two completed seeds (the same run twice); the third not run
     shutil.copytree(trained, sweep / "trials" / trial["id"])
   (sweep / "sweep.json").write_text(json.dumps({"trials": trials}))
-  done = subprocess.run([sys.executable, "-m", "experiments.inspect_attention",
-                         f"--workdir={sweep}", "--num_batches=2", "--distance_edges=4,2",
-                         f"--jax_cache_dir={os.path.join(ROOT, 'tests', '.jax_cache')}"],
-                        cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
-  summary = (sweep / "inspect" / "summary.md").read_text()
-  assert done.stdout == summary
-  assert sorted(os.listdir(sweep / "inspect")) == ["summary.md", "t0", "t1"]
-  saved = json.load(open(sweep / "inspect" / "t0" / "heads.json"))
+  out = sweep / "inspect"
+  summary = inspect.inspect_sweep(str(sweep), str(out), num_batches=2, edges=[2, 4])
+  assert (out / "summary.md").read_text() == summary
+  assert sorted(os.listdir(out)) == ["summary.md", "t0", "t1"]
+  assert "recall.md" in os.listdir(out / "t0")
+  saved = json.load(open(out / "t0" / "heads.json"))
   assert [row[0] for row in saved["recall"]["by_distance"]] == ["1-2", "3-4", "> 4"]
   row = [line for line in summary.splitlines() if line.startswith("| d_model=16 ")]
   accuracy = saved["recall"]["accuracy"]
   assert len(row) == 1 and f"| 2 | {saved['eval_loss']:.3g} ± 0 |" in row[0]
   assert f" {accuracy:.3g} ± 0 " in row[0]
   assert "Left out: d_model=16, seed=2 (not run)" in summary
-  bad = subprocess.run([sys.executable, "-m", "experiments.inspect_attention",
-                        f"--workdir={sweep}", "--distance_edges=0,4"], cwd=ROOT, env=run_env(),
-                       capture_output=True, text=True, timeout=120)
-  assert bad.returncode == 1 and "--distance_edges must be positive integers" in bad.stderr
 
 
 def test_runs_without_weights_or_checkpoints_are_refused(tmp_path):
