@@ -9,12 +9,14 @@ Command:
   python -m experiments.sweep --config=configs/sweeps/positional.py:scale=cpu --workdir=runs/positional
   python -m experiments.tables --workdir=runs/positional --out_dir=docs/results/positional
   (the sweep writes its tables and plots into <workdir>/tables/; the tables line
-  refreshes the recorded results in docs/results/)
-Runtime (scale=cpu): 347 s for the 10 trials on 2 CPU cores (measured 2026-11-27).
-Expected (measured; docs/results/positional/): order: pos=none 0.491 and alibi 0.499
-  (chance: symmetric ALiBi cannot tell left from right), sinusoidal 0.998, learned 0.986,
-  rope 1.000; copy: none 0.314 (the causal mask leaks position), alibi 0.969, the others
-  1.000.
+  refreshes the recorded results in docs/results/; `:scale=cpu,seeds=1` is the
+  quick look, a third of the trials)
+Runtime (scale=cpu): 30 trials (3 seeds) in 1534 s on 2 CPU cores with tests running
+  beside it (measured 2026-12-04); seeds=1, 10 trials, about 200 s alone.
+Expected (measured; docs/results/positional/, mean ± 95% half-width over 3 seeds):
+  order: pos=none 0.493 ± 0.012 and alibi 0.499 ± 0.007 (chance: symmetric ALiBi cannot
+  tell left from right), sinusoidal 0.999, learned 0.983 ± 0.029, rope 1.000; copy: none
+  0.307 ± 0.042 (the causal mask leaks position), alibi 0.974 ± 0.011, the others 1.000.
 """
 
 from configs import common
