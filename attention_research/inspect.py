@@ -33,6 +33,7 @@ variant (`attention.probabilities`). Statistics are over real query rows
   minus the loss with all heads.
 """
 
+import collections
 import dataclasses
 import functools
 import itertools
@@ -476,7 +477,7 @@ def inspect_sweep(workdir, out_dir, *, num_batches=4, batch_size=8, num_examples
   out are named with why."""
   from attention_research.sweep import grid  # pylint: disable=g-import-not-at-top
   sweep = storage.read_json(os.path.join(workdir, "sweep.json"))
-  groups, skipped = {}, []
+  by_id, skipped = {}, []
   for trial in sweep["trials"]:
     trial_dir = os.path.join(workdir, "trials", trial["id"])
     try:
@@ -494,9 +495,14 @@ def inspect_sweep(workdir, out_dir, *, num_batches=4, batch_size=8, num_examples
     trial_out = os.path.join(out_dir, trial["id"])
     report(run, first_batches(run, num_batches, batch_size=batch_size), trial_out,
            num_examples=num_examples, edges=edges)
-    setting = grid.trial_name({k: v for k, v in trial["overrides"].items() if k != "seed"})
-    groups.setdefault(setting, []).append(
+    setting = {k: v for k, v in trial["overrides"].items() if k != "seed"}
+    by_id.setdefault(grid.trial_id(setting), (grid.trial_name(setting), []))[1].append(
         summary_values(storage.read_json(os.path.join(trial_out, "heads.json"))))
+  # Grouped by id, labelled by name; a name shows dict values as {…}, so two settings
+  # that differ only inside one (two windows, say) get their ids to tell them apart.
+  counts = collections.Counter(name for name, _ in by_id.values())
+  groups = {(name if counts[name] == 1 else f"{name} [{sid}]"): runs
+            for sid, (name, runs) in by_id.items()}
   text = (f"Inspection of {sum(map(len, groups.values()))} trials of {workdir}, per setting "
           f"over its seeds (each trial's tables in <trial id>/).\n\n"
           + (summarize(groups) if groups else "No trial to inspect.") + "\n")

@@ -68,9 +68,13 @@ def main(argv):
     cli.exit_with(ValueError(f"--distance_edges must be positive integers, got {edges}"))
   out_dir = _OUT_DIR.value or os.path.join(_WORKDIR.value, "inspect")
   if storage.path(os.path.join(_WORKDIR.value, "sweep.json")).exists():
-    print(inspect.inspect_sweep(_WORKDIR.value, out_dir, num_batches=_NUM_BATCHES.value,
-                                batch_size=_BATCH_SIZE.value, num_examples=_NUM_EXAMPLES.value,
-                                edges=edges, data_dir=_DATA_DIR.value), end="")
+    try:
+      print(inspect.inspect_sweep(_WORKDIR.value, out_dir, num_batches=_NUM_BATCHES.value,
+                                  batch_size=_BATCH_SIZE.value,
+                                  num_examples=_NUM_EXAMPLES.value, edges=edges,
+                                  data_dir=_DATA_DIR.value), end="")
+    except ValueError as e:
+      cli.exit_with(e)
     return
   try:
     run = inspect.load(_WORKDIR.value, data_dir=_DATA_DIR.value)

@@ -65,8 +65,6 @@ def load_sweep(path, base_config, arg=None):
   spec = importlib.util.spec_from_file_location("sweep_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  if not hasattr(module, "get_sweep"):
-    raise ValueError(f"--config={path} has no get_sweep(h): not a sweep config")
   tables = module.get_tables(base_config) if hasattr(module, "get_tables") else []
   return grid.of_config(module, base_config, arg), tables
 

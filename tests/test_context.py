@@ -1,11 +1,11 @@
 """Context parallelism: every variant under each strategy it has, on 2, 4 and 8 simulated
 devices, equals one device over the whole sequence, in value and gradient.
 
-The sharded runs happen in one subprocess with 8 simulated CPU devices
-(tests/fixtures/context_cases.py); the references here, on one device: the
-float64 softmax reference under the variant's own mask for the exact variants,
-the variant itself for the approximate ones. Every case has grouped-query
-heads, a key mask with a wholly masked batch row, and ALiBi where the variant
+The sharded runs happen in two subprocesses (alternate cases each) with 8
+simulated CPU devices (tests/fixtures/context_cases.py); the references here,
+on one device: the float64 softmax reference under the variant's own mask for
+the exact variants, the variant itself for the approximate ones. Every case
+has grouped-query heads, a key mask with a wholly masked batch row, and ALiBi where the variant
 takes it; the non-causal lengths leave an odd number of rows a shard.
 """
 

@@ -272,6 +272,8 @@ def test_mqar_guessing_baselines_match_guessing_on_generated_sequences():
   assert mqar.guessing_accuracy(5) == pytest.approx(np.mean(all_values)) == 0.2
   assert mqar.guessing_accuracy(5, skip_asked=True) == pytest.approx(np.mean(not_asked))
   assert mqar.guessing_accuracy(4, skip_asked=True) == pytest.approx(25 / 48)
+  with pytest.raises(ValueError, match=r"mqar: num_kv_pairs must be a positive integer, got 0"):
+    mqar.guessing_accuracy(0)
 
 
 @pytest.mark.parametrize("mode", ["copy", "reverse"])

@@ -238,21 +238,21 @@ def test_the_binary_writes_maps_and_the_head_table(trained, tmp_path):
 
 
 def test_summary_values_and_their_intervals_over_seeds():
-  def stats(loss, js01, delta, hit):
+  def heads_json(loss, js01, delta, hit):
     return {"eval_loss": loss, "entropy_bits": [[1.0, 2.0]], "js_divergence_bits": [
         [[0.0, js01], [js01, 0.0]]], "ablation_delta_loss": [delta],
             "recall": {"accuracy": hit, "by_distance": [["1-8", 3, 0.75, 1.0],
                                                         ["> 8", 1, 0.25, hit]],
                        "table": [[[0.1, 1.0, 1, 0.5, 9], [0.6, 0.9, 6, math.nan, 0]]]}}
-  one = inspect.summary_values(stats(2.0, 0.5, [0.005, 0.3], 0.0))
+  one = inspect.summary_values(heads_json(2.0, 0.5, [0.005, 0.3], 0.0))
   assert one == {"eval loss": 2.0, "entropy (bits)": 1.5, "JS to nearest head": 0.5,
                  "least JS to nearest head": 0.5, "largest loss without a head": 0.3,
                  "heads costing < 0.01": 1, "accuracy": 0.0, "share 1-8 back": 0.75,
                  "accuracy 1-8 back": 1.0, "share > 8 back": 0.25, "accuracy > 8 back": 0.0,
                  "best head": "0.1", "its top key is the value": 0.6, "accuracy if so": 0.9,
                  "accuracy if not": pytest.approx(math.nan, nan_ok=True)}
-  runs = [one, inspect.summary_values(stats(4.0, 0.1, [0.2, 0.3], 1.0)),
-          inspect.summary_values(stats(3.0, 0.3, [0.2, 0.3], 1.0))]
+  runs = [one, inspect.summary_values(heads_json(4.0, 0.1, [0.2, 0.3], 1.0)),
+          inspect.summary_values(heads_json(3.0, 0.3, [0.2, 0.3], 1.0))]
   text = inspect.summarize({"attention=local": runs})
   header, _, row = text.splitlines()[:3]
   cells = dict(zip([c.strip() for c in header.strip("|").split("|")],
@@ -271,15 +271,22 @@ def stats_t(n):
 
 def test_a_sweeps_trials_are_inspected_and_summarized_over_seeds(trained, tmp_path):
   sweep = tmp_path / "sweep"
+  # Two completed seeds of one setting (the same run twice) and a third not run; a
+  # setting that differs only inside a dict value (its name the same) is a row of its own.
   trials = [{"id": f"t{i}", "name": f"d_model=16, seed={i}",
              "overrides": {"d_model": 16, "seed": i}} for i in range(3)]
-  for trial in trials[:2]:   # two completed seeds (the same run twice); the third not run
-    shutil.copytree(trained, sweep / "trials" / trial["id"])
+  trials += [{"id": f"w{i}", "name": f"d_model=16, o={{…}}, seed={i}",
+              "overrides": {"d_model": 16, "o": {"window": w}, "seed": i}}
+             for i, w in enumerate([4, 8])]
+  for tid in ("t0", "t1", "w0", "w1"):
+    shutil.copytree(trained, sweep / "trials" / tid)
   (sweep / "sweep.json").write_text(json.dumps({"trials": trials}))
   out = sweep / "inspect"
   summary = inspect.inspect_sweep(str(sweep), str(out), num_batches=2, edges=[2, 4])
   assert (out / "summary.md").read_text() == summary
-  assert sorted(os.listdir(out)) == ["summary.md", "t0", "t1"]
+  assert sorted(os.listdir(out)) == ["summary.md", "t0", "t1", "w0", "w1"]
+  windows = [line for line in summary.splitlines() if line.startswith("| d_model=16,o={…} [")]
+  assert len(windows) == 2 and all(line.split("|")[2].strip() == "1" for line in windows)
   assert "recall.md" in os.listdir(out / "t0")
   saved = json.load(open(out / "t0" / "heads.json"))
   assert [row[0] for row in saved["recall"]["by_distance"]] == ["1-2", "3-4", "> 4"]

@@ -326,7 +326,12 @@ def test_table_with_no_results_yet_is_all_blank(tmp_path):
      r"`series`: field 'seeds'"),
     ({"plots": [{"kind": "line", "x": "num_heads/d_model"}]}, r"`x`: field 'd_model'"),
     ({"plots": [{"kind": "line", "x": "num_heads", "baselines": [{"y": "0.25"}]}]},
-     r"each of `baselines` must be \{'y': <number>, 'label': <text>\}"),
+     r"each of `baselines` must be \{'y': <finite number>, 'label': <text>\}"),
+    ({"plots": [{"kind": "line", "x": "num_heads",
+                 "baselines": [{"y": float("nan"), "label": "chance"}]}]},
+     r"each of `baselines` must be \{'y': <finite number>"),
+    ({"plots": [{"kind": "line", "x": "num_heads", "baselines": 0.25}]},
+     r"`baselines` must be a list of"),
 ])
 def test_bad_specs_are_value_errors_naming_the_field(tmp_path, change, message):
   workdir = make_workdir(tmp_path / "s", TRIALS, [HEADS | change])

@@ -94,6 +94,8 @@ def guessing_accuracy(num_kv_pairs, *, skip_asked=False) -> float:
   its value follows it): the j-th query has num_kv_pairs - j + 1 candidates,
   so the mean is H(num_kv_pairs) / num_kv_pairs (0.52 for 4 pairs).
   """
+  if isinstance(num_kv_pairs, bool) or not isinstance(num_kv_pairs, int) or num_kv_pairs < 1:
+    raise ValueError(f"{NAME}: num_kv_pairs must be a positive integer, got {num_kv_pairs!r}")
   if not skip_asked:
     return 1.0 / num_kv_pairs
   return sum(1.0 / k for k in range(1, num_kv_pairs + 1)) / num_kv_pairs

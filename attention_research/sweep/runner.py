@@ -277,8 +277,8 @@ def _check_same_trials(workdir, trials):
   except FileNotFoundError:
     return
   if saved != [t[1] for t in trials]:
-    error = (f"{path} lists other trials than this sweep config gives (a changed grid or "
-             f"config?); use a new --workdir")
+    error = (f"{path} lists other trials than this sweep config gives (a changed grid, "
+             f"seeds or config?); use a new --workdir")
     _event(workdir, event="refused", id=None, error=error)
     raise ValueError(error)
 

@@ -661,12 +661,16 @@ def _check_plot(spec, plot_spec, i, trials):
       raise ValueError(f"{where}: `series` {COLUMNS_SERIES!r} needs named `columns` (a dict)")
   elif plot_spec.get("series"):
     _check_fields([plot_spec["series"]], trials, f"{where} `series`")
-  for baseline in plot_spec.get("baselines", []):
+  baselines = plot_spec.get("baselines", [])
+  if not isinstance(baselines, list):
+    raise ValueError(f"{where}: `baselines` must be a list of {{'y': <number>, 'label': "
+                     f"<text>}}, got {baselines!r:.200}")
+  for baseline in baselines:
     if (not isinstance(baseline, dict) or set(baseline) != {"y", "label"}
         or not isinstance(baseline["y"], (int, float)) or isinstance(baseline["y"], bool)
-        or not isinstance(baseline["label"], str)):
-      raise ValueError(f"{where}: each of `baselines` must be {{'y': <number>, 'label': "
-                       f"<text>}}, got {baseline!r:.200}")
+        or not math.isfinite(baseline["y"]) or not isinstance(baseline["label"], str)):
+      raise ValueError(f"{where}: each of `baselines` must be {{'y': <finite number>, "
+                       f"'label': <text>}}, got {baseline!r:.200}")
 
 
 def _plot_x(plot_spec, trial, result):
