@@ -400,8 +400,7 @@ def report(run, batches, out_dir, *, num_examples=2, edges=None):
         f"{recall['accuracy']:.4f}. Per head: how often its most-attended position is the "
         f"queried key's value in the context, and the model's accuracy on those queries "
         f"and on the others.\n\n" + tabulate.markdown_table(header, rows) + "\n\n"
-        f"By how far back the value stands from its query (for local attention: within "
-        f"its window, within window x layers, beyond):\n\n"
+        f"By how far back the value stands from its query:\n\n"
         + tabulate.markdown_table(["distance", "queries", "share", "accuracy"],
                                   recall["by_distance"]) + "\n"))
     stats["recall"] = recall
@@ -434,7 +433,7 @@ def summary_values(stats):
       out[f"accuracy {label} back"] = accuracy
     table = np.asarray(recall["table"], dtype=np.float64)   # [layers, H, 5]
     layer, head = np.unravel_index(np.argmax(table[..., 0]), table.shape[:2])
-    out["best head"] = f"{layer}.{head}"
+    out["best head"] = f"L{layer}H{head}"
     out["its top key is the value"] = table[layer, head, 0]
     out["accuracy if so"] = table[layer, head, 1]
     out["accuracy if not"] = table[layer, head, 3]
@@ -444,7 +443,7 @@ def summary_values(stats):
 def summarize(groups):
   """Markdown: a row per setting ({label: [summary_values of each seed's run]}), each
   numeric column the mean ± the half-width of its 95% interval over the runs (n=k);
-  a text column (the best head) lists each run's."""
+  a text column (the best head, L<layer>H<head>) lists each run's."""
   from attention_research import tabulate  # pylint: disable=g-import-not-at-top
   from attention_research.sweep import tables  # pylint: disable=g-import-not-at-top
   columns = list(dict.fromkeys(c for runs in groups.values() for v in runs for c in v))
@@ -477,7 +476,7 @@ def inspect_sweep(workdir, out_dir, *, num_batches=4, batch_size=8, num_examples
   out are named with why."""
   from attention_research.sweep import grid  # pylint: disable=g-import-not-at-top
   sweep = storage.read_json(os.path.join(workdir, "sweep.json"))
-  by_id, skipped = {}, []
+  by_id, skipped = {}, {}   # skipped: {why: [trial names]}
   for trial in sweep["trials"]:
     trial_dir = os.path.join(workdir, "trials", trial["id"])
     try:
@@ -485,12 +484,12 @@ def inspect_sweep(workdir, out_dir, *, num_batches=4, batch_size=8, num_examples
     except FileNotFoundError:
       status = "not run"
     if status != "completed":
-      skipped.append(f"{trial['name']} ({status})")
+      skipped.setdefault(status, []).append(trial["name"])
       continue
     try:
       run = load(trial_dir, data_dir=data_dir)
     except ValueError as e:  # linear and Performer have no weights
-      skipped.append(f"{trial['name']} ({e})")
+      skipped.setdefault(str(e), []).append(trial["name"])
       continue
     trial_out = os.path.join(out_dir, trial["id"])
     report(run, first_batches(run, num_batches, batch_size=batch_size), trial_out,
@@ -506,7 +505,7 @@ def inspect_sweep(workdir, out_dir, *, num_batches=4, batch_size=8, num_examples
   text = (f"Inspection of {sum(map(len, groups.values()))} trials of {workdir}, per setting "
           f"over its seeds (each trial's tables in <trial id>/).\n\n"
           + (summarize(groups) if groups else "No trial to inspect.") + "\n")
-  if skipped:
-    text += "\nLeft out: " + "; ".join(skipped) + "\n"
+  for why, names in skipped.items():
+    text += f"\nLeft out ({why}): {'; '.join(names)}\n"
   storage.write_text(os.path.join(out_dir, "summary.md"), text)
   return text

@@ -249,7 +249,7 @@ def test_summary_values_and_their_intervals_over_seeds():
                  "least JS to nearest head": 0.5, "largest loss without a head": 0.3,
                  "heads costing < 0.01": 1, "accuracy": 0.0, "share 1-8 back": 0.75,
                  "accuracy 1-8 back": 1.0, "share > 8 back": 0.25, "accuracy > 8 back": 0.0,
-                 "best head": "0.1", "its top key is the value": 0.6, "accuracy if so": 0.9,
+                 "best head": "L0H1", "its top key is the value": 0.6, "accuracy if so": 0.9,
                  "accuracy if not": pytest.approx(math.nan, nan_ok=True)}
   runs = [one, inspect.summary_values(heads_json(4.0, 0.1, [0.2, 0.3], 1.0)),
           inspect.summary_values(heads_json(3.0, 0.3, [0.2, 0.3], 1.0))]
@@ -259,7 +259,7 @@ def test_summary_values_and_their_intervals_over_seeds():
                    [c.strip() for c in row.strip("|").split("|")]))
   half = stats_t(3) * np.std([2.0, 4.0, 3.0], ddof=1) / np.sqrt(3)
   assert cells["eval loss"] == f"3 ± {half:.2g}" and cells["runs"] == "3"
-  assert cells["best head"] == "0.1, 0.1, 0.1"
+  assert cells["best head"] == "L0H1, L0H1, L0H1"
   assert cells["accuracy if not"] == "n/a"   # no seed's best head ever missed
   half = stats_t(3) * np.std([1, 0, 0], ddof=1) / np.sqrt(3)
   assert cells["heads costing < 0.01"] == f"0.333 ± {half:.2g}"
@@ -294,7 +294,7 @@ def test_a_sweeps_trials_are_inspected_and_summarized_over_seeds(trained, tmp_pa
   accuracy = saved["recall"]["accuracy"]
   assert len(row) == 1 and f"| 2 | {saved['eval_loss']:.3g} ± 0 |" in row[0]
   assert f" {accuracy:.3g} ± 0 " in row[0]
-  assert "Left out: d_model=16, seed=2 (not run)" in summary
+  assert "Left out (not run): d_model=16, seed=2\n" in summary
 
 
 def test_runs_without_weights_or_checkpoints_are_refused(tmp_path):

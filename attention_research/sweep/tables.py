@@ -41,8 +41,8 @@ render or recompute the tables from that file alone. A table spec (a JSON-able d
                    "rows": {"1": [5.29, 24.9], "4": [5.00, 25.5]}},   # by row label
      "plots": [{"kind": "line", "x": "num_heads", "y": "final_eval.loss",
                 "series": "task", "logx": True, "logy": False, "title": "...",
-                # optional: dashed horizontal lines, each a level worth reading
-                # the series against (chance, a guessing strategy)
+                # optional: gray horizontal lines (dashed, dotted, ...), each a
+                # level worth reading the series against (chance, a guessing strategy)
                 "baselines": [{"y": 0.25, "label": "guess one of the 4 values"}]},
                {"kind": "loglog_slope", "x": "task_options.seq_len",
                 "y": "train_step_temp_bytes", "series": "attention"}]}
@@ -92,6 +92,7 @@ of Kaplan et al. 2020, Fig. 5) or, when no trial overrides it, a result.json
 path ("num_params").
 """
 
+import itertools
 import json
 import math
 import os
@@ -734,8 +735,8 @@ def plot(spec, plot_spec, trials, results, path):
       _draw_loglog(ax, label, pts)
     else:
       _draw_line(ax, label, pts, categories)
-  for baseline in plot_spec.get("baselines", []):
-    ax.axhline(baseline["y"], linestyle="--", color="gray", linewidth=1,
+  for baseline, style in zip(plot_spec.get("baselines", []), itertools.cycle(["--", ":", "-."])):
+    ax.axhline(baseline["y"], linestyle=style, color="gray", linewidth=1,
                label=baseline["label"])
   if plot_spec["kind"] == "loglog_slope":
     ax.set_xscale("log")
