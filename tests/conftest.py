@@ -18,10 +18,3 @@ def pytest_configure(config):
   # (pytest -m "not devices8 and not processes2").
   config.addinivalue_line("markers", "devices8: runs on 8 simulated CPU devices (a subprocess)")
   config.addinivalue_line("markers", "processes2: runs two processes under jax.distributed")
-  config.addinivalue_line("markers", "long: takes tens of seconds; collected first")
-
-
-def pytest_collection_modifyitems(items):
-  # Long tests first: under `-n 2` a long test left for the end keeps one worker
-  # busy while the other idles. The sort is stable: file order otherwise.
-  items.sort(key=lambda item: item.get_closest_marker("long") is None)

@@ -10,7 +10,6 @@ import pytest
 from tests.test_train import ROOT
 
 
-@pytest.mark.long
 def test_the_scale_benchmark_writes_its_three_tables(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")

@@ -26,7 +26,7 @@ from tests import reference
 from tests.fixtures import context_cases
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = [pytest.mark.devices8, pytest.mark.long]
+pytestmark = pytest.mark.devices8
 
 SMALL = {
     "dense": {},

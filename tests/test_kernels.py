@@ -466,7 +466,6 @@ def test_a_model_calls_attention_per_device_where_a_kernel_may_serve_it():
     attention.per_device("dense", split)
 
 
-@pytest.mark.long
 @pytest.mark.devices8
 def test_training_over_a_mesh_runs_the_kernel_per_device(tmp_path):
   """The trainer on two devices with splash (interpret mode) asked for: the model calls it

@@ -251,7 +251,6 @@ def test_a_pair_task_refuses_to_split_its_rows_over_context():
     train.validate_config(config, num_devices=2)
 
 
-@pytest.mark.long
 def test_every_task_of_the_table1_sweep_runs_through_the_sweep_runner(imdb_dir, tmp_path):
   """lra_table1's trials, one per task at cpu scale (its own grid runs ListOps and
   Pathfinder there; Text, Retrieval and Image are the paper-scale columns' tasks), shrunk

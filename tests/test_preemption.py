@@ -129,7 +129,6 @@ def test_a_second_sigint_stops_at_once_without_a_checkpoint(straight, tmp_path, 
   assert not os.path.exists(os.path.join(workdir, "checkpoints", "22"))
 
 
-@pytest.mark.long
 def test_the_binary_exits_75_on_sigterm_and_its_rerun_finishes_equal(tmp_path):
   data_dir = tmp_path / "data"
   steps = ["--config.total_steps=300", "--config.checkpoint_every=100", "--config.dropout=0.1",
@@ -172,7 +171,6 @@ def two_process_straight(tmp_path_factory):
 
 # SIGTERM to one of two processes is also tests/test_sharding.py's two-host test (under fsdp
 # and context); here SIGINT, which the processes agree on at log steps instead.
-@pytest.mark.long
 @pytest.mark.parametrize("signum", [signal.SIGINT], ids=["SIGINT"])
 def test_a_signal_to_one_process_of_two_checkpoints_one_step_on_both(two_process_straight,
                                                                      signum):

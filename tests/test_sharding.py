@@ -149,7 +149,6 @@ def test_training_over_a_mesh_follows_one_device(one_device, tmp_path, layout):
   assert ratio > {"fsdp8": 7.0, "data2-fsdp2-tensor2": 3.0}.get(layout, 0.99), ratio
 
 
-@pytest.mark.long
 @pytest.mark.devices8
 def test_a_checkpoint_resumes_on_another_mesh_and_device_count(one_device, tmp_path):
   root, reference = one_device
@@ -202,7 +201,6 @@ TWO_HOST_MESH = ["--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.mesh.
                  "--config.context_parallel=ring"]
 
 
-@pytest.mark.long
 @pytest.mark.processes2
 def test_two_processes_train_as_one_and_a_sigterm_to_one_stops_both_at_one_step(tmp_path):
   """A pod slice: two hosts of four devices train the losses of one device, write one
@@ -243,7 +241,6 @@ def sweep_command(workdir, data_dir, *extra):
           *extra]
 
 
-@pytest.mark.long
 @pytest.mark.processes2
 def test_a_distributed_sweep_runs_its_trial_over_both_processes_mesh(tmp_path):
   data_dir = tmp_path / "data"

@@ -159,7 +159,6 @@ def test_checkpoints_save_restore_and_move_aside_on_gs(gcs):
   assert manager.all_steps() == [1]
 
 
-@pytest.mark.long
 def test_a_sweep_runs_end_to_end_with_a_gs_workdir_and_data_dir(gcs, tmp_path):
   workdir = f"gs://{BUCKET}/run"
   env = dict(os.environ, JAX_PLATFORMS="cpu",

@@ -115,7 +115,6 @@ def claims_left(workdir):
                 for n in names if n.startswith("claim.json"))
 
 
-@pytest.mark.long
 def test_divergence_is_recorded_shards_cover_every_trial_once_and_retry(tmp_path):
   trials = tiny_trials(tmp_path / "data")
   workdir = str(tmp_path / "sweep")
@@ -331,7 +330,6 @@ def test_summary_shows_missing_trials_as_pending(tmp_path):
   assert table.count("| pending |") == len(trials)
 
 
-@pytest.mark.long
 def test_killed_sweep_reruns_to_every_trial_completed_once(tmp_path):
   workdir = tmp_path / "sweep"
   command = [sys.executable, "-m", "experiments.sweep", "--config=tests/fixtures/tiny_sweep.py",
@@ -749,7 +747,6 @@ def distributed(workdirs, tmp_path, *extra):
           for i, w in enumerate(workdirs)]
 
 
-@pytest.mark.long
 def test_a_two_process_sweep_trains_each_trial_once_with_both(tmp_path):
   workdir = str(tmp_path / "sweep")
   outcomes = run_together(distributed([workdir, workdir], tmp_path, "--train=real",

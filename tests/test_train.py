@@ -283,7 +283,6 @@ def run_to_end(workdir, data_dir, *extra, devices=1):
   return json.load(open(os.path.join(workdir, "result.json")))
 
 
-@pytest.mark.long
 def test_killed_run_resumes_to_the_same_bits(tmp_path):
   data_dir = tmp_path / "data"
   steps = ["--config.total_steps=60", "--config.checkpoint_every=10", "--config.dropout=0.1"]
@@ -324,7 +323,6 @@ def test_killed_run_resumes_to_the_same_bits(tmp_path):
   assert logged == straight  # every step once, with the same numbers
 
 
-@pytest.mark.long
 def test_eight_devices_give_the_losses_of_one(tmp_path):
   data_dir = tmp_path / "data"
   steps = ["--config.total_steps=20", "--config.checkpoint_every=20"]
