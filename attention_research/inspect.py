@@ -475,14 +475,13 @@ def inspect_sweep(workdir, out_dir, *, num_batches=4, batch_size=8, num_examples
   setting: the trial's overrides but its seed) and returns its text; the trials left
   out are named with why."""
   from attention_research.sweep import grid  # pylint: disable=g-import-not-at-top
+  from attention_research.sweep import runner  # pylint: disable=g-import-not-at-top
   sweep = storage.read_json(os.path.join(workdir, "sweep.json"))
   by_id, skipped = {}, {}   # skipped: {why: [trial names]}
   for trial in sweep["trials"]:
-    trial_dir = os.path.join(workdir, "trials", trial["id"])
-    try:
-      status = storage.read_json(os.path.join(trial_dir, "result.json"))["status"]
-    except FileNotFoundError:
-      status = "not run"
+    trial_dir = runner.trial_dir(workdir, trial["id"])
+    result = runner.read_result(workdir, trial["id"])
+    status = result["status"] if result else "not run"
     if status != "completed":
       skipped.setdefault(status, []).append(trial["name"])
       continue

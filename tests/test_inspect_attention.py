@@ -27,6 +27,7 @@ from attention_research import models
 from tests import reference
 from tests.test_train import ROOT
 from tests.test_train import run_env
+from tests.test_train import run_to_end
 
 EXACT = [("dense", {}), ("blockwise", {"block_q": 4, "block_k": 4}), ("local", {"window": 3}),
          ("strided", {"stride": 3}), ("bigbird", {"block_size": 2})]
@@ -105,19 +106,12 @@ def trained(tmp_path_factory):
   """A 2-layer, 2-head decoder trained 60 steps on a small MQAR: its workdir."""
   root = tmp_path_factory.mktemp("inspect")
   workdir = root / "run"
-  command = [sys.executable, "-m", "experiments.train",
-             "--config=configs/tasks/mqar.py:scale=cpu", f"--workdir={workdir}",
-             f"--config.data_dir={root / 'data'}", "--config.total_steps=60",
-             "--config.log_every=20", "--config.eval_every=60", "--config.checkpoint_every=60",
-             "--config.batch_size=16", "--config.num_layers=2", "--config.d_model=16",
-             "--config.num_heads=2", "--config.mlp_dim=32", "--config.max_len=16",
-             "--config.task_options.vocab_size=32", "--config.task_options.seq_len=16",
-             "--config.task_options.num_kv_pairs=2", "--config.task_options.num_train=1024",
-             "--config.task_options.num_test=32",
-             f"--jax_cache_dir={os.path.join(ROOT, 'tests', '.jax_cache')}"]
-  done = subprocess.run(command, cwd=ROOT, env=run_env(), capture_output=True, text=True,
-                        timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
+  # test_train's tiny MQAR run, with what differs here after it (the last flag wins).
+  run_to_end(workdir, root / "data", "--config.total_steps=60", "--config.log_every=20",
+             "--config.eval_every=60", "--config.checkpoint_every=60",
+             "--config.num_layers=2", "--config.d_model=16", "--config.mlp_dim=32",
+             "--config.max_len=16", "--config.task_options.seq_len=16",
+             "--config.task_options.num_train=1024", "--config.task_options.num_test=32")
   return workdir
 
 

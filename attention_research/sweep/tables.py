@@ -473,8 +473,9 @@ def build_table(spec, trials, results):
     if average:
       _, metric, _, fmt, scale = columns[0]
       over = spec.get("average_over")
-      text = _average_cell([cells.get((rk, ck), []) for ck, *_ in columns
-                            if over is None or col_keys[ck] in over], results, metric, fmt, scale)
+      averaged = [cells.get((rk, ck), []) for ck, *_ in columns
+                  if over is None or col_keys[ck] in over]
+      text = _average_cell(averaged, results, metric, fmt, scale)
       row.append(text)
       any_count |= "(n=" in text
     rows.append(row)
