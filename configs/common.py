@@ -39,22 +39,22 @@ def parse_arg(arg, **defaults):
   return parsed
 
 
-def sweep_arg(arg):
+def sweep_arg(arg, **extra):
   """A sweep config's argument: scale (cpu | paper) and seeds (how many, 0 to seeds - 1).
 
   Every recorded sweep runs 3 seeds, so that each cell has an interval; seeds=1
-  is the quick look.
+  is the quick look. `extra`: the config's own keys and their defaults.
   """
-  parsed = parse_arg(arg, scale="cpu", seeds=3)
+  parsed = parse_arg(arg, scale="cpu", seeds=3, **extra)
   one_of("scale", parsed.scale, ("cpu", "paper"))
   if parsed.seeds < 1:
     raise ValueError(f"config argument seeds={parsed.seeds}; allowed: an integer >= 1")
   return parsed
 
 
-def seed_grid(h, arg):
-  """The seeds a sweep config's argument asks for, as a grid: seed 0 to seeds - 1."""
-  return h.sweep("seed", list(range(sweep_arg(arg).seeds)))
+def seed_grid(h, arg, first=0, **extra):
+  """The seeds a sweep config's argument asks for, as a grid: seed first to first + seeds - 1."""
+  return h.sweep("seed", list(range(first, first + sweep_arg(arg, **extra).seeds)))
 
 
 def one_of(name, value, allowed):

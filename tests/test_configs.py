@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from attention_research import attention
+from attention_research.models import accounting
 from attention_research import train
 from configs import common
 
@@ -118,9 +119,13 @@ def test_sweep_config_trials_and_tables_validate(name, scale):
   trials = runner.make_trials(base, grid.of_config(module, base, f"scale={scale}"))
   assert len(trials) >= 2
   # Every recorded sweep runs 3 seeds of each setting by default; seeds=1 is a third.
+  # (Seeds count from 0, or from 1 where seed 0 tuned something: depth_vs_width.)
   one_seed = runner.make_trials(base, grid.of_config(module, base, f"scale={scale},seeds=1"))
-  assert [o["seed"] for _, _, _, o, _ in trials] == [s for _ in one_seed for s in (0, 1, 2)]
-  assert all(o["seed"] == 0 for _, _, _, o, _ in one_seed)
+  first = one_seed[0][3]["seed"]
+  assert first in (0, 1)
+  assert [o["seed"] for _, _, _, o, _ in trials] == [
+      s for _ in one_seed for s in (first, first + 1, first + 2)]
+  assert all(o["seed"] == first for _, _, _, o, _ in one_seed)
   for _, _, trial_name, _, config in trials:
     try:
       train.validate_config(config, num_devices=1)
@@ -148,6 +153,55 @@ def test_sweep_config_trials_and_tables_validate(name, scale):
 def test_bad_sweep_arguments_are_named(arg, message):
   with pytest.raises(ValueError, match=message):
     importlib.import_module("configs.sweeps.mqar").get_config(arg)
+
+
+def test_aiayn_table3_budget_runs_three_rows_for_four_times_the_steps():
+  from attention_research.sweep import grid
+  from attention_research.sweep import runner
+  from attention_research.sweep import tables
+  from configs.sweeps import aiayn_table3 as module
+
+  base = module.get_config("scale=cpu,budget=true")
+  assert base.total_steps == 4 * module.get_config("scale=cpu").total_steps == 1600
+  trials = runner.make_trials(base, grid.of_config(module, base, "scale=cpu,budget=true"))
+  assert sorted({(o["num_heads"], o["head_dim"]) for _, _, _, o, _ in trials}) == [
+      (1, 144), (8, 18), (16, 9)]
+  assert len(trials) == 9 and all(c.total_steps == 1600 for *_, c in trials)
+  # Its tables list only those rows (with the paper's other rows marked not run).
+  table3 = module.get_tables(base)[0]
+  ours = [label for label in table3["published"]["rows"] if "not run" not in label]
+  assert ours == [tables.row_label([2, 144, 576, h, d]) for h, d in [(8, 18), (1, 144),
+                                                                     (16, 9)]]
+
+
+def test_depth_vs_width_tunes_on_seed_0_and_reports_fresh_seeds(monkeypatch):
+  from attention_research.sweep import grid
+  from attention_research.sweep import runner
+  from configs.sweeps import depth_vs_width as module
+
+  base = module.get_config("scale=cpu")
+  tuning = runner.make_trials(base, grid.of_config(module, base, "scale=cpu,lr=grid,seeds=1"))
+  assert sorted((o["num_layers"], o["d_model"], o["learning_rate"], o["seed"])
+                for _, _, _, o, _ in tuning) == sorted(
+      (n, d, lr, 0) for n, d in module.SHAPES["cpu"] for lr in module.LEARNING_RATES["cpu"])
+  best = runner.make_trials(base, grid.of_config(module, base, "scale=cpu"))
+  assert sorted((o["num_layers"], o["d_model"], o["learning_rate"], o["seed"])
+                for _, _, _, o, _ in best) == sorted(
+      (n, d, module.BEST_LR["cpu"][(n, d)], s) for n, d in module.SHAPES["cpu"]
+      for s in (1, 2, 3))
+  # Equal N within 20%, and the equal-FLOPs shapes within 6% of each other's FLOPs.
+  params = [12 * n * d * d for n, d in module.SHAPES["cpu"]]
+  assert max(params) / min(params) < 1.2
+  flops = {(o["num_layers"], o["d_model"]): accounting.flops_per_token(
+      config, config.max_len, vocab_size=257) for _, _, _, o, config in best}
+  equal = [flops[shape] for shape in module.EQUAL_FLOPS]
+  assert max(equal) / min(equal) < 1.06
+  monkeypatch.setitem(module.BEST_LR, "cpu", {})
+  with pytest.raises(ValueError, match=r"BEST_LR\['cpu'\] has no rate .* run the sweep with "
+                                       r"lr=grid first"):
+    grid.of_config(module, base, "scale=cpu")
+  with pytest.raises(ValueError, match=r"lr='fast'; allowed: \['best', 'grid'\]"):
+    module.get_config("lr=fast")
 
 
 def test_the_sweep_binary_passes_the_config_argument_to_the_grid(tmp_path):

@@ -488,6 +488,10 @@ def test_fields_may_be_products_or_ratios_of_two_fields():
           if tables._in_table(t, ["num_heads"], {"num_heads*head_dim": 64})]
   assert kept == [{"num_heads": 1, "head_dim": 64}, {"num_heads": 8, "head_dim": 8},
                   {"num_heads": 32, "head_dim": 2}]
+  # A list is the values allowed: here the ratios 64 and 1.
+  kept = [t["overrides"] for t in trials
+          if tables._in_table(t, ["num_heads"], {"head_dim/num_heads": [64, 1.0]})]
+  assert kept == [{"num_heads": 1, "head_dim": 64}, {"num_heads": 8, "head_dim": 8}]
 
 
 def test_named_columns_and_the_average_over_them(tmp_path):

@@ -34,6 +34,7 @@ render or recompute the tables from that file alone. A table spec (a JSON-able d
      "scale": 2 ** -20,                    # optional: multiply before formatting (bytes ->
                                            # MiB); a list with several metrics
      "filters": {"pos": "rope"},           # optional: only trials with these overrides
+                                           # (a list: any of its values, {"seed": [1, 2]})
      "relative_to": {"attention": "dense"},  # optional: each cell / the same cell of the row
                                            # with these row-field values (LRA's "x faster")
      "published": {"source": "Vaswani et al. 2017, Table 3",
@@ -296,7 +297,12 @@ def _in_table(trial, fields, filters):
   overrides = trial["overrides"]
   if any(field_value(overrides, f, _MISSING) is _MISSING for f in fields):
     return False
-  return all(field_value(overrides, f, _MISSING) == v for f, v in filters.items())
+  return all(_matches(field_value(overrides, f, _MISSING), v) for f, v in filters.items())
+
+
+def _matches(value, wanted):
+  # A list in `filters` is the values allowed.
+  return value in wanted if isinstance(wanted, list) else value == wanted
 
 
 # -------------------------------------------------------------------- tables
