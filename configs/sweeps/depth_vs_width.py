@@ -36,8 +36,13 @@ Command:
   python -m experiments.tables --workdir=runs/depth_vs_width --out_dir=docs/results/depth_vs_width
   (a second copy of a sweep command on the same workdir runs the trials the first
   has not claimed)
-Runtime (scale=cpu): 15 trials a sweep, about 1 to 2 min each on 2 CPU cores.
-Expected (measured; docs/results/depth_vs_width/): see its README.
+Runtime (scale=cpu): 33 min (lr=grid) and 55 min (the default) for 15 trials each, two
+  runners on 2 CPU cores shared with other jobs (measured 2026-12-04), 103-739 s a
+  trial (one layer fastest, 16 layers slowest).
+Expected (measured; docs/results/depth_vs_width/): 3e-3 is every shape's best rate;
+  bits per byte 2.217 +- 0.100 at (1, 256), 2.262 at (2, 176), 2.293 at (4, 128) (not
+  resolved from each other), 2.394 +- 0.037 at (8, 96) and 2.577 +- 0.102 at (16, 64)
+  (worse, resolved): flat over aspect ratios 32-256, deep and narrow worse at 400 steps.
 """
 
 from configs import common
