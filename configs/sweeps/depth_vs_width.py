@@ -10,8 +10,9 @@ model". They tuned the learning rate per model size, not per shape.
 Here a byte-level decoder learns the Python stdlib's source
 (configs/tasks/stdlib_bytes.py, 128-byte windows, bits per byte on held-out
 files) for 400 steps of batch 16. Every shape keeps head_dim 16 and
-d_ff = 4 d_model, so wider shapes also have more heads; N is 743K to 885K
-(`num_block_params` in result.json) from (1, 256) to (16, 64): aspect ratios
+d_ff = 4 d_model, so wider shapes also have more heads; 12 n_layer d_model^2
+is 743K to 885K across the shapes (748K to 895K with biases and norms:
+`num_block_params` in result.json), from (1, 256) to (16, 64), aspect ratios
 256 to 4. One layer of 256 is the widest shape at this N; an aspect ratio of
 500 needs N >= 12 x 512^2 = 3.1M, four times the cost of every step.
 
