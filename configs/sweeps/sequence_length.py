@@ -19,19 +19,20 @@ the long end and is recorded as failed), batch 32, 5000 steps, where
 accuracy means something.
 
 Command:
-  python -m experiments.sweep --config=configs/sweeps/sequence_length.py:scale=cpu,seeds=1 \\
+  python -m experiments.sweep --config=configs/sweeps/sequence_length.py:scale=cpu \\
       --workdir=runs/sequence_length
   python -m experiments.tables --workdir=runs/sequence_length \\
       --out_dir=docs/results/sequence_length
   (the sweep writes its tables and plots into <workdir>/tables/; the tables line
-  refreshes the recorded results in docs/results/)
-  The recorded run is this command, one seed, from before sweeps took `seeds`; the
-  default, 3 seeds, is the rerun issue 21 asks for.
-Runtime (scale=cpu): 872 s for the 28 trials on 2 CPU cores (measured 2026-11-28).
-Expected (measured; docs/results/sequence_length/): step time grows as L^2.1 for dense,
-  L^1.7 for blockwise and L^0.8-1.25 for the others; at 2048 tokens dense takes 7.3 s
-  per step and 2.6 GiB, linear is 26x faster, and blockwise and linear use 0.08-0.09 of
-  dense's memory; accuracy is at chance (30 steps) for every variant.
+  refreshes the recorded results in docs/results/). A timing sweep: run nothing
+  beside it.
+Runtime (scale=cpu): 1607 s for the 84 trials (3 seeds) on 2 CPU cores (measured
+  2026-12-04).
+Expected (measured; docs/results/sequence_length/): step time grows as L^2.4 for dense,
+  L^1.7 for blockwise, L^1.4 for bigbird and L^0.95-1.1 for the others; at 2048 tokens
+  dense takes 6.1 s per step and 2.6 GiB, linear is 37x faster, and blockwise, linear
+  and performer use 0.08-0.09 of dense's memory; accuracy is at chance (30 steps) for
+  every variant.
 """
 
 from configs import common
