@@ -8,7 +8,8 @@ jax.nn.dot_product_attention as the baseline, points over the memory budget
 or past --max_seconds skipped with a note). It prints Markdown tables (per
 point, then each variant's fitted log-log slope) and, with --out_dir, writes
 benchmark.md, benchmark.csv and benchmark.png (fwd+bwd time and temp memory
-against L, log-log, each variant's slope in the legend).
+against L, log-log, each variant's slope in the legend), rewritten after each
+variant with a "partial" line until the last.
 
     python -m experiments.benchmark_attention \
         --variants=dense,blockwise,local,linear,performer \
@@ -203,7 +204,12 @@ def main(argv):
         "glibc keeps freed memory ("
         + ", ".join(f"{k}={v}" for k, (_, v) in host_malloc.SETTINGS.items()) + ")"
         if kept else "default (not glibc's malloc, so nothing was set)"))
-  results = benchmark.run(setup)
+  # With --out_dir the files are rewritten after each row, so a run stopped by a
+  # time limit leaves the rows it finished.
+  write = None
+  if FLAGS.out_dir:
+    write = lambda results: benchmark.write_outputs(results, FLAGS.out_dir)
+  results = benchmark.run(setup, on_variant=write)
   print(benchmark.markdown(results))
   if FLAGS.out_dir:
     benchmark.write_outputs(results, FLAGS.out_dir)

@@ -227,6 +227,7 @@ def test_end_to_end_tiny_run(tmp_path, capsys):
     assert f.read().count(b"\r\n") == 1 + len(rows)  # the csv module's line ends, as before
   markdown = (tmp_path / "benchmark.md").read_text()
   assert markdown.strip() in out
+  assert "partial" not in markdown  # the last write is the whole run's
   assert "| variant | L | fwd ms | fwd+bwd ms |" in markdown
   assert "| GFLOP/s fwd (dense-equivalent) | % of matmul ceiling | GFLOP/s fwd (own FLOPs) |" \
       in markdown
@@ -265,6 +266,27 @@ def test_ceiling_is_the_median_of_one_sample_per_variant_round(tmp_path, monkeyp
         float(r["gflops_fwd_dense_equivalent"]) / 2.0)
   assert "200.0 GFLOP/s (float32 128^3; median of 3 samples, one before each round of each " \
       "variant: 100 to 300)" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_a_run_stopped_part_way_has_written_the_rows_it_finished(tmp_path, capsys,
+                                                                 monkeypatch):
+  """A time limit (a lent accelerator's) stops the binary in its third row: the files hold
+  the baseline's and dense's rows, and say which rows are missing."""
+  measure_variant = measure.measure_variant
+  def stopped_at_local(name, *args):
+    if name == "local":
+      raise KeyboardInterrupt
+    return measure_variant(name, *args)
+  monkeypatch.setattr(measure, "measure_variant", stopped_at_local)
+  with pytest.raises(KeyboardInterrupt):
+    run_binary(capsys, "--variants=dense,local", "--lengths=64", f"--out_dir={tmp_path}")
+  rows = read_csv(tmp_path / "benchmark.csv")
+  assert [r["variant"] for r in rows] == [BASELINE, "dense"]
+  assert all(float(r["fwd_bwd_ms"]) > 0 for r in rows)
+  markdown = (tmp_path / "benchmark.md").read_text()
+  assert "- partial: 2 of 3 rows measured when this was written; not yet: local" in markdown
+  assert "| dense | 64 |" in markdown and "| local |" not in markdown
+  assert "options: dense {" in markdown and "local {" not in markdown
 
 
 def test_point_over_memory_budget_is_compiled_but_not_run(tmp_path):

@@ -346,8 +346,13 @@ def header_lines(s: BenchmarkSetup, ceiling_samples, ceiling_gflops) -> list:
   ]
 
 
-def run(s: BenchmarkSetup) -> Results:
-  """Measures every variant of `s` (the baseline first) at every length."""
+def run(s: BenchmarkSetup, on_variant=None) -> Results:
+  """Measures every variant of `s` (the baseline first) at every length.
+
+  on_variant: None, or a function called with the Results so far after each
+  variant but the last, so that a run stopped part-way (a time limit on a lent
+  accelerator) has already written the rows it finished.
+  """
   check_variants_trace(s)
 
   # A shared machine's speed drifts over a long run, so the ceiling is
@@ -358,9 +363,22 @@ def run(s: BenchmarkSetup) -> Results:
     return gflops
 
   samples, points = [], []
-  for name in s.names:
+  for done, name in enumerate(s.names, start=1):
     variant_points, variant_samples = measure_variant(name, s, sample_ceiling)
     points += variant_points
     samples += variant_samples
+    if on_variant is not None and done < len(s.names):
+      on_variant(_results_so_far(s, samples, points, done))
   ceiling = float(np.median(samples))
   return Results(s, ceiling, header_lines(s, samples, ceiling), points)
+
+
+def _results_so_far(s, samples, points, done):
+  """Results of the first `done` rows, as if the setup had named only those."""
+  measured = s.names[:done]
+  part = dataclasses.replace(s, variants=tuple(n for n in s.variants if n in measured))
+  ceiling = float(np.median(samples))
+  rest = ", ".join(s.names[done:])
+  return Results(part, ceiling, header_lines(part, samples, ceiling) + [
+      f"partial: {done} of {len(s.names)} rows measured when this was written; "
+      f"not yet: {rest}"], points)
