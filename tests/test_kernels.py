@@ -148,6 +148,23 @@ def test_auto_on_cpu_is_the_xla_code_bit_for_bit(name):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("name", EXACT)
+def test_xla_asks_no_kernel_anywhere_inside_a_variant(name, monkeypatch):
+  """implementation="xla" is the XLA code throughout: bigbird's global rows are dense's, and
+  under "auto" a GPU served them with its kernels (the H200 check of 2026-12-04)."""
+  asked = []
+  kernel_for = kernels.kernel_for
+  def spy(variant, implementation, *args, **kwargs):
+    asked.append((variant, implementation))
+    return kernel_for(variant, implementation, *args, **kwargs)
+  monkeypatch.setattr(kernels, "kernel_for", spy)
+  options = {"local": dict(window=5), "strided": dict(stride=4),
+             "bigbird": dict(BIGBIRD, block_size=4)}.get(name, {})
+  q, k, v, kv_mask = make_inputs(2, 24, 24, 4, 2, True)
+  attention.get(name)(q, k, v, causal=True, kv_mask=kv_mask, implementation="xla", **options)
+  assert asked and {i for _, i in asked} == {"xla"}, asked
+
+
 def test_unknown_implementation_is_a_value_error_naming_the_allowed_values():
   q, k, v, _ = make_inputs(1, 8, 8, 2, 1, False)
   allowed = r"\['auto', 'xla', 'pallas_tpu', 'pallas_gpu', 'cudnn'\]"

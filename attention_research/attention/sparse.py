@@ -410,7 +410,8 @@ def bigbird(query, key, value, *, causal=False, kv_mask=None, block_size=64,
     seed: seeds the random block choice (a NumPy generator, at trace time).
     implementation: "auto", "xla" (the code here) or "pallas_tpu" (splash,
       with the same block table); the GPU kernels have no such pattern
-      (kernels/choose.py).
+      (kernels/choose.py). The global query rows are dense attention's, so
+      under "auto" they take dense's kernel where one serves (a GPU's).
   """
   s = common.check_inputs("bigbird", query, key, value, kv_mask)
   masks.check_bigbird_options(block_size, num_window_blocks, num_global_blocks,
@@ -430,7 +431,9 @@ def bigbird(query, key, value, *, causal=False, kv_mask=None, block_size=64,
   g_rows = min(num_global_blocks * block_size, s.q_len)
   outs = []
   if g_rows:  # global query rows see every key (causal: every earlier one)
-    outs.append(dense_lib.dense(query[:, :g_rows], key, value, causal=causal, kv_mask=kv_mask))
+    # `implementation` is "auto" or "xla" here: "xla" keeps these rows off dense's kernels.
+    outs.append(dense_lib.dense(query[:, :g_rows], key, value, causal=causal, kv_mask=kv_mask,
+                                implementation=implementation))
   if g_rows < s.q_len:
     rest = table[num_global_blocks:]
     rest = rest[:, :max(1, int((rest >= 0).sum(1).max()))]  # drop all-padding slots
