@@ -20,6 +20,7 @@ It tests the first claim in docs/design.md: a slope near 2 is O(L^2), near 1 is 
 
 import ast
 import dataclasses
+import functools
 
 from absl import app
 from absl import flags
@@ -204,11 +205,10 @@ def main(argv):
         "glibc keeps freed memory ("
         + ", ".join(f"{k}={v}" for k, (_, v) in host_malloc.SETTINGS.items()) + ")"
         if kept else "default (not glibc's malloc, so nothing was set)"))
-  # With --out_dir the files are rewritten after each row, so a run stopped by a
-  # time limit leaves the rows it finished.
-  write = None
-  if FLAGS.out_dir:
-    write = lambda results: benchmark.write_outputs(results, FLAGS.out_dir)
+  # With --out_dir the files are rewritten after each variant, so a run stopped by
+  # a time limit leaves the variants it finished.
+  write = (functools.partial(benchmark.write_outputs, out_dir=FLAGS.out_dir)
+           if FLAGS.out_dir else None)
   results = benchmark.run(setup, on_variant=write)
   print(benchmark.markdown(results))
   if FLAGS.out_dir:

@@ -270,8 +270,8 @@ def test_ceiling_is_the_median_of_one_sample_per_variant_round(tmp_path, monkeyp
 
 def test_a_run_stopped_part_way_has_written_the_rows_it_finished(tmp_path, capsys,
                                                                  monkeypatch):
-  """A time limit (a lent accelerator's) stops the binary in its third row: the files hold
-  the baseline's and dense's rows, and say which rows are missing."""
+  """A time limit (a lent accelerator's) stops the binary in its third variant: the files
+  hold the baseline's and dense's rows, and say which variants are missing."""
   measure_variant = measure.measure_variant
   def stopped_at_local(name, *args):
     if name == "local":
@@ -284,7 +284,7 @@ def test_a_run_stopped_part_way_has_written_the_rows_it_finished(tmp_path, capsy
   assert [r["variant"] for r in rows] == [BASELINE, "dense"]
   assert all(float(r["fwd_bwd_ms"]) > 0 for r in rows)
   markdown = (tmp_path / "benchmark.md").read_text()
-  assert "- partial: 2 of 3 rows measured when this was written; not yet: local" in markdown
+  assert "- partial: 2 of 3 variants measured when this was written; not yet: local" in markdown
   assert "| dense | 64 |" in markdown and "| local |" not in markdown
   assert "options: dense {" in markdown and "local {" not in markdown
 

@@ -163,6 +163,8 @@ def test_xla_asks_no_kernel_anywhere_inside_a_variant(name, monkeypatch):
   q, k, v, kv_mask = make_inputs(2, 24, 24, 4, 2, True)
   attention.get(name)(q, k, v, causal=True, kv_mask=kv_mask, implementation="xla", **options)
   assert asked and {i for _, i in asked} == {"xla"}, asked
+  if name == "bigbird":
+    assert ("dense", "xla") in asked  # its global rows, the path under test
 
 
 def test_unknown_implementation_is_a_value_error_naming_the_allowed_values():
@@ -476,8 +478,9 @@ def test_a_model_calls_attention_per_device_where_a_kernel_may_serve_it():
   split = types.SimpleNamespace(size=4, shape=dict(data=2, fsdp=1, tensor=1, context=2))
   assert attention.runs_per_device("blockwise", several, {"implementation": "pallas_tpu"})
   assert not attention.runs_per_device("blockwise", several, {"implementation": "xla"})
-  if jax.default_backend() == "cpu":  # auto elsewhere may take a kernel (device_check's GPU)
-    assert not attention.runs_per_device("blockwise", several, {})  # auto on CPU: the XLA code
+  # auto: the XLA code on CPU, a kernel per device where a TPU or GPU may serve one
+  assert attention.runs_per_device("blockwise", several, {}) == (
+      jax.default_backend() in ("tpu", "gpu"))
   assert not attention.runs_per_device("linear", several, {})     # no kernels
   assert not attention.runs_per_device("blockwise", split, {"implementation": "pallas_tpu"})
   with pytest.raises(ValueError, match=r"attention 'dense' per device: the mesh splits the "

@@ -411,7 +411,8 @@ def bigbird(query, key, value, *, causal=False, kv_mask=None, block_size=64,
     implementation: "auto", "xla" (the code here) or "pallas_tpu" (splash,
       with the same block table); the GPU kernels have no such pattern
       (kernels/choose.py). The global query rows are dense attention's, so
-      under "auto" they take dense's kernel where one serves (a GPU's).
+      under "auto" they take dense's kernel where one serves: cuDNN or Pallas
+      on a GPU, splash on a TPU where splash declined bigbird's pattern.
   """
   s = common.check_inputs("bigbird", query, key, value, kv_mask)
   masks.check_bigbird_options(block_size, num_window_blocks, num_global_blocks,

@@ -368,17 +368,17 @@ def run(s: BenchmarkSetup, on_variant=None) -> Results:
     points += variant_points
     samples += variant_samples
     if on_variant is not None and done < len(s.names):
-      on_variant(_results_so_far(s, samples, points, done))
+      on_variant(_results_so_far(s, list(samples), list(points), done))
   ceiling = float(np.median(samples))
   return Results(s, ceiling, header_lines(s, samples, ceiling), points)
 
 
 def _results_so_far(s, samples, points, done):
-  """Results of the first `done` rows, as if the setup had named only those."""
+  """Results of the first `done` variants, as if the setup had named only those."""
   measured = s.names[:done]
   part = dataclasses.replace(s, variants=tuple(n for n in s.variants if n in measured))
   ceiling = float(np.median(samples))
   rest = ", ".join(s.names[done:])
   return Results(part, ceiling, header_lines(part, samples, ceiling) + [
-      f"partial: {done} of {len(s.names)} rows measured when this was written; "
+      f"partial: {done} of {len(s.names)} variants measured when this was written; "
       f"not yet: {rest}"], points)

@@ -149,15 +149,24 @@ def write_plot(results: Results, path):
                f"causal={s.causal} on {jax.devices()[0].device_kind}; "
                f"matmul ceiling {results.ceiling_gflops:.0f} GFLOP/s", fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=110, format="png")  # the path may not end in .png
   plt.close(fig)
 
 
 def write_outputs(results: Results, out_dir):
   """Writes benchmark.md, benchmark.csv and benchmark.png into out_dir."""
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "benchmark.md"), "w") as f:
-    f.write(markdown(results))
-  with open(os.path.join(out_dir, "benchmark.csv"), "w", newline="") as f:
-    f.write(csv_text(results))
-  write_plot(results, os.path.join(out_dir, "benchmark.png"))
+  # Each file is written whole beside its name, then renamed: a run stopped while
+  # rewriting its files after a variant keeps the previous, complete ones.
+  def replace(name, write):
+    path = os.path.join(out_dir, name)
+    write(path + ".tmp")
+    os.replace(path + ".tmp", path)
+  replace("benchmark.md", lambda path: _write_text(path, markdown(results)))
+  replace("benchmark.csv", lambda path: _write_text(path, csv_text(results)))
+  replace("benchmark.png", lambda path: write_plot(results, path))
+
+
+def _write_text(path, content):
+  with open(path, "w", newline="") as f:  # newline="": the CSV's "\r\n" as written
+    f.write(content)
