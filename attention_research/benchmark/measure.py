@@ -368,17 +368,18 @@ def run(s: BenchmarkSetup, on_variant=None) -> Results:
     points += variant_points
     samples += variant_samples
     if on_variant is not None and done < len(s.names):
-      on_variant(_results_so_far(s, list(samples), list(points), done))
-  ceiling = float(np.median(samples))
-  return Results(s, ceiling, header_lines(s, samples, ceiling), points)
+      on_variant(_results(s, samples, points, done))
+  return _results(s, samples, points, len(s.names))
 
 
-def _results_so_far(s, samples, points, done):
-  """Results of the first `done` variants, as if the setup had named only those."""
+def _results(s, samples, points, done):
+  """The Results of the first `done` variants, as if the setup had named only those;
+  until every variant is measured, a header line names the ones still missing."""
   measured = s.names[:done]
   part = dataclasses.replace(s, variants=tuple(n for n in s.variants if n in measured))
   ceiling = float(np.median(samples))
-  rest = ", ".join(s.names[done:])
-  return Results(part, ceiling, header_lines(part, samples, ceiling) + [
-      f"partial: {done} of {len(s.names)} variants measured when this was written; "
-      f"not yet: {rest}"], points)
+  header = header_lines(part, samples, ceiling)
+  if done < len(s.names):
+    header.append(f"partial: {done} of {len(s.names)} variants measured when this was "
+                  f"written; not yet: {', '.join(s.names[done:])}")
+  return Results(part, ceiling, header, list(points))
