@@ -5,7 +5,8 @@ to a file as one JSON line and answers what the scripts ask: a TPU VM's state
 (STUB_TPU_STATES, one per poll, the last repeating), a queued resource's
 (STUB_QR_STATES), the number of workers (STUB_WORKERS); `ssh --worker=<i>`
 fails for the workers in STUB_FAIL_WORKERS (with STUB_FAIL_CODE), and with
-STUB_RUN_UNTIL_STOPPED an experiment runs until `run --stop`'s pkill. Nothing here
+STUB_RUN_UNTIL_STOPPED an experiment runs until `run --stop`'s pkill (which, with
+STUB_STOP_OUTLASTS_WORKERS, returns only once every worker has exited). Nothing here
 reaches the network. The expected calls are written out in full: they are what
 a user of these scripts would type by hand.
 """
@@ -59,6 +60,11 @@ elif args[3] == "ssh":
   stopped = calls + ".stopped"
   if "pkill" in command:
     open(stopped, "w").close()
+    deadline = time.time() + 60
+    while (os.environ.get("STUB_STOP_OUTLASTS_WORKERS") and time.time() < deadline and
+           sum(os.path.exists(f"{calls}.exited.{i}") for i in range(int(os.environ["STUB_WORKERS"])))
+           < int(os.environ["STUB_WORKERS"])):
+      time.sleep(0.05)
   elif worker in os.environ.get("STUB_FAIL_WORKERS", "").split(","):
     print(f"ERROR: worker {worker} could not install jax[tpu]", file=sys.stderr)
     sys.exit(int(os.environ.get("STUB_FAIL_CODE", "1")))
@@ -67,6 +73,7 @@ elif args[3] == "ssh":
     while not os.path.exists(stopped) and time.time() < deadline:
       time.sleep(0.05)
     print(f"worker {worker}: checkpointed, pre-empted")
+    open(f"{calls}.exited.{worker}", "w").close()
     sys.exit(75)
   elif "jax.devices()" in command:
     print(f"{worker} [TpuDevice(id={worker})]")
@@ -358,9 +365,15 @@ def test_run_stop_sends_sigterm_to_every_worker(tmp_path):
   assert_calls(stop.calls, [TPU + ["ssh", NAME] + WHERE + ["--worker=all", f"--command={STOP}"]])
 
 
-def test_ctrl_c_stops_the_run_on_every_worker_and_waits_for_it(tmp_path):
+# The workers may end while the Ctrl-C trap still runs (its stop still connected):
+# their 75 must come back then too, not the 130 of the wait the trap cut short (CI
+# saw that once).
+@pytest.mark.parametrize("stop_outlasts_workers", ["", "1"],
+                         ids=["stop_returns_first", "workers_end_while_the_trap_runs"])
+def test_ctrl_c_stops_the_run_on_every_worker_and_waits_for_it(tmp_path, stop_outlasts_workers):
   tpu = Tpu(tmp_path, workers=2)
-  running = tpu.start("run", "--", *SWEEP, STUB_RUN_UNTIL_STOPPED="1")
+  running = tpu.start("run", "--", *SWEEP, STUB_RUN_UNTIL_STOPPED="1",
+                      STUB_STOP_OUTLASTS_WORKERS=stop_outlasts_workers)
   # Both workers' experiments started (a loaded CI machine may take seconds), and the
   # script still running, before the Ctrl-C.
   deadline = time.time() + 60

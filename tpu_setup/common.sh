@@ -92,14 +92,19 @@ count_workers() {  # sets WORKERS: the TPU's hosts, one network endpoint each
 READY? (tpu_setup/create waits for it)"
 }
 
+# A trap handler that lets the script wait on adds 1 to INTERRUPTS: a wait cut
+# short by a trapped signal also returns over 128, and only the count tells that
+# from a job that ended so.
+INTERRUPTS=0
 wait_for() {  # the exit status of background job $1, waiting on through a trapped Ctrl-C
-  local rc=0
-  wait "$1" || rc=$?
-  while ((rc > 128)) && kill -0 "$1" 2>/dev/null; do
-    rc=0
+  local rc seen
+  while :; do
+    seen=$INTERRUPTS rc=0
     wait "$1" || rc=$?
+    # Cut short: wait again. Had the job ended while the trap ran, this wait
+    # returns the status it ended with (it used to read as 130).
+    ((rc > 128 && INTERRUPTS > seen)) || return "$rc"
   done
-  return "$rc"
 }
 
 # on_workers WHAT COMMAND: COMMAND on all WORKERS at once, each worker's output
