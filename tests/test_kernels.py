@@ -379,6 +379,11 @@ CUDNN_CASES = [
     ("local", dict(window=3), True, 24, 24, "prefix"),      # rows past the real keys + window
     ("local", dict(window=3), True, 30, 20, None),          # more queries than keys + window
     ("dense", {}, True, 24, 24, "holes"),                   # not a prefix: the XLA code
+    # Odd lengths, which cuDNN is handed one row longer (jax's backward wants even):
+    ("dense", {}, True, 23, 23, None),
+    ("blockwise", {}, False, 15, 21, "prefix"),
+    ("local", dict(window=3), True, 23, 12, None),
+    ("dense", {}, False, 23, 23, "holes"),
 ]
 
 
@@ -387,6 +392,12 @@ def test_cudnn_mapping_equals_float64_softmax_through_jax_xla(case, monkeypatch)
   """What cudnn.py hands jax.nn.dot_product_attention, run by jax's XLA
   implementation of it (same arguments, no GPU here)."""
   monkeypatch.setattr(cudnn, "IMPLEMENTATION", "xla")
+  lengths_handed = []
+  def spy(query, key, *args, **kwargs):
+    lengths_handed.append((query.shape[1], key.shape[1]))
+    return jax_attention(query, key, *args, **kwargs)
+  jax_attention = jax.nn.dot_product_attention
+  monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
   name, options, causal, q_len, k_len, kind = case
   q, k, v, _ = make_inputs(3, q_len, k_len, 4, 2, False)
   kv_mask = None
@@ -409,6 +420,8 @@ def test_cudnn_mapping_equals_float64_softmax_through_jax_xla(case, monkeypatch)
   d_out = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
   for got, want in zip(vjp(d_out), reference.softmax_attention_vjp(q, k, v, allowed, d_out)):
     np.testing.assert_allclose(got, want, atol=5e-5, rtol=1e-4)
+  assert lengths_handed and all(n % 2 == 0 for pair in lengths_handed for n in pair), \
+      lengths_handed
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -19,6 +19,8 @@ key j >= i - w) as they are. What cuDNN does not take, and what this file does:
   1) and zeroed after, as are the local rows whose window ends before the
   real keys start (`query_seq_lengths` leaves those out of the kernel), so
   cuDNN never sees a row without a key.
+- Even sequence lengths only in jax's backward: an odd query or key length
+  is padded by one row, kept out by the sequence lengths.
 
 Untested on a GPU in this repository's CI (no GPU there); the tests check the
 mapping above by running it through jax's XLA implementation of the same
@@ -81,6 +83,12 @@ def attend(query, key, value, kv_mask, *, call, interpret, xla):
   del interpret  # cuDNN has no interpreter: choose.py refuses it off a GPU
   s = call.shapes
   window = call.options["window"] if call.variant == "local" else None
+  # jax's cuDNN backward refuses an odd query or key length (jax 0.11 and 0.12
+  # always pass cuDNN a bias, if an empty one, and a biased backward needs both
+  # even: the H200 check's failures). So an odd length gets one more row, which
+  # the sequence lengths leave out and the slice below drops.
+  even = lambda x, n: jnp.pad(x, ((0, 0), (0, n % 2), (0, 0), (0, 0))) if n % 2 else x
+  q, k, v = even(query, s.q_len), even(key, s.k_len), even(value, s.k_len)
 
   def kernel(lengths=None):
     padding = {}
@@ -90,12 +98,14 @@ def attend(query, key, value, kv_mask, *, call, interpret, xla):
       if window is not None:  # rows past the last real key + window see none
         q_lengths = jnp.minimum(q_lengths, lengths + window)
       padding = dict(query_seq_lengths=q_lengths, key_value_seq_lengths=lengths)
-    return jax.nn.dot_product_attention(
-        query, key, value, is_causal=call.causal,
+    out = jax.nn.dot_product_attention(
+        q, k, v, is_causal=call.causal,
         local_window_size=None if window is None else (window, 0),
-        implementation=IMPLEMENTATION, **padding).astype(query.dtype)
+        implementation=IMPLEMENTATION, **padding)
+    return out[:, :s.q_len].astype(query.dtype)
 
-  if kv_mask is None and (window is None or s.q_len <= s.k_len + window):
+  padded = s.q_len % 2 or s.k_len % 2
+  if kv_mask is None and not padded and (window is None or s.q_len <= s.k_len + window):
     return kernel()
   real = jnp.ones((s.batch, s.k_len), bool) if kv_mask is None else kv_mask
   lengths = real.sum(axis=1, dtype=jnp.int32)

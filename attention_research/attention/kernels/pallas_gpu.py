@@ -31,7 +31,6 @@ Off a GPU (tests) the kernel runs in Pallas interpret mode.
 import warnings
 
 import jax.numpy as jnp
-import numpy as np
 
 from attention_research.attention import common
 from attention_research.attention.kernels import empty_rows
@@ -108,7 +107,7 @@ def attend(query, key, value, kv_mask, *, call, interpret, xla=None):
 def _with_key_bias(q, k, v, real):
   """q, k, v [B, N, H, D] with one more head dimension that adds 0 (real key)
   or -big (masked key) to every logit; `real` is bool [B, N]."""
-  big = min(1e30, float(np.finfo(q.dtype).max) / 2)  # float16: 32752, still exp() = 0
+  big = min(1e30, float(jnp.finfo(q.dtype).max) / 2)  # float16: 32752, still exp() = 0
   bias = jnp.where(real, 0.0, -big).astype(k.dtype)[:, :, None, None]
   extra = lambda x, column: jnp.concatenate(
       [x, jnp.broadcast_to(column, x.shape[:-1] + (1,)).astype(x.dtype)], axis=-1)
