@@ -156,8 +156,9 @@ class Tpu:
     values.update(settings)
     self.settings.write_text("".join(f"{k}={v}\n" for k, v in values.items() if v is not None))
 
-  def start(self, script, *args, **env):
-    """The script started as from a terminal: SIGINT neither blocked nor ignored. A
+  def start(self, script, *args, own_group=False, **env):
+    """The script started as from a terminal: SIGINT neither blocked nor ignored (and with
+    own_group, leading its own process group, as a terminal's foreground job does). A
     pytest worker's signal state is whatever earlier tests' libraries left (the Ctrl-C
     test failed in full fresh-clone runs only, its SIGINT never reaching the trap), and a
     child inherits an ignored or blocked signal, which bash then cannot trap."""
@@ -167,7 +168,8 @@ class Tpu:
     return subprocess.Popen([sys.executable, "-c", AS_FROM_A_TERMINAL,
                              os.path.join(REPO, "tpu_setup", script), *args], cwd=self.dir,
                             env=dict(self.env, **env), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            process_group=0 if own_group else None)
 
   def run(self, script, *args, **env):
     """The finished script: returncode, stdout, stderr, and calls (the gcloud calls it made)."""
@@ -367,13 +369,17 @@ def test_run_stop_sends_sigterm_to_every_worker(tmp_path):
 
 # The workers may end while the Ctrl-C trap still runs (its stop still connected):
 # their 75 must come back then too, not the 130 of the wait the trap cut short (CI
-# saw that once).
-@pytest.mark.parametrize("stop_outlasts_workers", ["", "1"],
-                         ids=["stop_returns_first", "workers_end_while_the_trap_runs"])
-def test_ctrl_c_stops_the_run_on_every_worker_and_waits_for_it(tmp_path, stop_outlasts_workers):
+# saw that once). A terminal's Ctrl-C goes to the whole process group, the ssh
+# clients and worker 0's tee included: they must outlive it.
+@pytest.mark.parametrize("stop_outlasts_workers, whole_group", [("", False), ("1", False),
+                                                                ("", True)],
+                         ids=["stop_returns_first", "workers_end_while_the_trap_runs",
+                              "from_a_terminal_to_the_whole_group"])
+def test_ctrl_c_stops_the_run_on_every_worker_and_waits_for_it(tmp_path, stop_outlasts_workers,
+                                                               whole_group):
   tpu = Tpu(tmp_path, workers=2)
   running = tpu.start("run", "--", *SWEEP, STUB_RUN_UNTIL_STOPPED="1",
-                      STUB_STOP_OUTLASTS_WORKERS=stop_outlasts_workers)
+                      STUB_STOP_OUTLASTS_WORKERS=stop_outlasts_workers, own_group=whole_group)
   # Both workers' experiments started (a loaded CI machine may take seconds), and the
   # script still running, before the Ctrl-C.
   deadline = time.time() + 60
@@ -382,9 +388,13 @@ def test_ctrl_c_stops_the_run_on_every_worker_and_waits_for_it(tmp_path, stop_ou
   assert tpu.calls_file.read_text().count('"ssh"') == 2 and running.poll() is None
   with open(f"/proc/{running.pid}/status") as f:  # for the message, should this fail
     state = [line.strip() for line in f if line.startswith(("SigBlk", "SigIgn"))]
-  running.send_signal(signal.SIGINT)
-  _, stderr = running.communicate(timeout=150)
+  if whole_group:
+    os.killpg(running.pid, signal.SIGINT)
+  else:
+    running.send_signal(signal.SIGINT)
+  stdout, stderr = running.communicate(timeout=150)
   assert running.returncode == 75, stderr  # the workers checkpointed and exited 75
+  assert "worker 0: checkpointed, pre-empted" in stdout  # worker 0's last line, through tee
   assert "stopping the experiment on every worker" in stderr, (state, stderr)
   assert_calls(tpu.calls(), [
       COUNT, at_once(ssh(0, RUN), ssh(1, RUN)),

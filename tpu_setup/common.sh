@@ -92,18 +92,15 @@ count_workers() {  # sets WORKERS: the TPU's hosts, one network endpoint each
 READY? (tpu_setup/create waits for it)"
 }
 
-# A trap handler that lets the script wait on adds 1 to INTERRUPTS: a wait cut
-# short by a trapped signal also returns over 128, and only the count tells that
-# from a job that ended so.
-INTERRUPTS=0
-wait_for() {  # the exit status of background job $1, waiting on through a trapped Ctrl-C
-  local rc seen
-  while :; do
-    seen=$INTERRUPTS rc=0
+wait_for() {  # wait_for PID: until background job PID has ended, through a trapped Ctrl-C
+  # Its status is not taken from `wait`: a trapped signal cuts `wait` short
+  # with 130, and a job that ends about then may leave bash no status at all
+  # (it reads as 255). The job writes its own status to a file instead.
+  local rc
+  while kill -0 "$1" 2>/dev/null; do
+    rc=0
     wait "$1" || rc=$?
-    # Cut short: wait again. Had the job ended while the trap ran, this wait
-    # returns the status it ended with (it used to read as 130).
-    ((rc > 128 && INTERRUPTS > seen)) || return "$rc"
+    if ((rc == 127)); then return 0; fi  # not our child (any more)
   done
 }
 
@@ -131,24 +128,38 @@ on_workers() {
       --command="$command") >> $(quoted "$log")"
     echo "==== $(date -u '+%Y-%m-%d %H:%M:%S UTC'): $what on worker $i of $WORKERS" >>"$log"
     starts="$starts $(wc -l <"$log")"  # where this call's lines begin
-    if ((i == 0 && ${STREAM:-0})); then
-      (gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${WHERE[@]}" --worker="$i" \
-        --command="$command" </dev/null 2>&1 | tee -a "$log") &
-    else
-      gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${WHERE[@]}" --worker="$i" \
-        --command="$command" </dev/null >>"$log" 2>&1 &
-    fi
+    rm -f "$log.status"
+    # The ssh clients ignore Ctrl-C and SIGTERM, from a terminal (which signals
+    # the whole process group) or a scheduler: the caller's trap stops the
+    # experiments, each ssh then returns its worker's status (75 once it has
+    # checkpointed), and tee keeps worker 0's last lines.
+    (
+      trap '' INT TERM
+      set +e
+      if ((i == 0 && ${STREAM:-0})); then
+        gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${WHERE[@]}" --worker="$i" \
+          --command="$command" </dev/null 2>&1 | tee -a "$log"
+        rc=${PIPESTATUS[0]}
+      else
+        gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${WHERE[@]}" --worker="$i" \
+          --command="$command" </dev/null >>"$log" 2>&1
+        rc=$?
+      fi
+      echo "$rc" >"$log.status"
+    ) &
     pids="$pids $!"
   done
   set -- $starts
   i=0
   for pid in $pids; do
-    rc=0
-    wait_for "$pid" || rc=$?
-    if ((rc)); then
-      FAILED="$FAILED $rc"
-      log=$LOGS/$what-worker-$i.log
-      echo "$what failed on worker $i of $WORKERS (exit $rc): see $log" >&2
+    wait_for "$pid"
+    log=$LOGS/$what-worker-$i.log
+    rc=$(cat "$log.status" 2>/dev/null) || rc=""
+    rm -f "$log.status"
+    if [[ $rc != 0 ]]; then
+      FAILED="$FAILED ${rc:-?}"
+      echo "$what failed on worker $i of $WORKERS (exit ${rc:-status unknown: its local \
+shell was killed}): see $log" >&2
       tail -n "+$(($1 + 1))" "$log" | tail -n 3 | sed 's/^/    /' >&2
     fi
     shift

@@ -83,10 +83,11 @@ def attend(query, key, value, kv_mask, *, call, interpret, xla):
   del interpret  # cuDNN has no interpreter: choose.py refuses it off a GPU
   s = call.shapes
   window = call.options["window"] if call.variant == "local" else None
-  # jax's cuDNN backward refuses an odd query or key length (jax 0.11 and 0.12
-  # always pass cuDNN a bias, if an empty one, and a biased backward needs both
-  # even: the H200 check's failures). So an odd length gets one more row, which
-  # the sequence lengths leave out and the slice below drops.
+  # jax's cuDNN backward refuses an odd query or key length: jax 0.11 and 0.12
+  # stand an empty array in for a missing bias, and then their own check takes
+  # it for a bias, which wants both lengths even (the H200 check's failures).
+  # So an odd length gets one more row, which the sequence lengths leave out
+  # and the slice below drops.
   even = lambda x, n: jnp.pad(x, ((0, 0), (0, n % 2), (0, 0), (0, 0))) if n % 2 else x
   q, k, v = even(query, s.q_len), even(key, s.k_len), even(value, s.k_len)
 
