@@ -60,10 +60,10 @@ elif args[3] == "ssh":
   stopped = calls + ".stopped"
   if "pkill" in command:
     open(stopped, "w").close()
+    exited = [f"{calls}.exited.{i}" for i in range(int(os.environ["STUB_WORKERS"]))]
     deadline = time.time() + 60
     while (os.environ.get("STUB_STOP_OUTLASTS_WORKERS") and time.time() < deadline and
-           sum(os.path.exists(f"{calls}.exited.{i}") for i in range(int(os.environ["STUB_WORKERS"])))
-           < int(os.environ["STUB_WORKERS"])):
+           not all(map(os.path.exists, exited))):
       time.sleep(0.05)
   elif worker in os.environ.get("STUB_FAIL_WORKERS", "").split(","):
     print(f"ERROR: worker {worker} could not install jax[tpu]", file=sys.stderr)
